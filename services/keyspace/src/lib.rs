@@ -1,0 +1,300 @@
+//! The Redis key schema and the scripts that carry directpush's wake-up protocol
+//! (ARCHITECTURE.md section 3). Only this crate names keys, so the watcher and the frontend cannot
+//! drift apart.
+//!
+//! Every key of a mailbox carries the mailbox token as hash tag, `<ns>:{<token>}:...`, so the
+//! scripts also run on Redis Cluster:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<ns>:{M}:ver` | hash | folder id -> version, bumped on every change |
+//! | `<ns>:{M}:own` | hash | device key -> owner of its parked Ping, `pod\trequest\texpiry_ms` |
+//! | `<ns>:{M}:ntf:<device>` | hash | folder id -> version last reported to the device |
+//! | `<ns>:{M}:prm:<device>` | string | the device's last heartbeat and folders, JSON |
+#![forbid(unsafe_code)]
+
+use dp_proto::events::FolderVersion;
+use dp_proto::ids::{mailbox_token, token};
+use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+
+mod owner;
+pub use owner::Owner;
+
+/// Key names of one namespace.
+#[derive(Clone, Debug)]
+pub struct Keyspace {
+    ns: String,
+}
+
+impl Keyspace {
+    pub fn new(namespace: &str) -> Self {
+        Keyspace {
+            ns: namespace.to_owned(),
+        }
+    }
+
+    fn mailbox(&self, mailbox: &str, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.ns, mailbox_token(mailbox), suffix)
+    }
+
+    pub fn versions(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "ver")
+    }
+
+    pub fn owners(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "own")
+    }
+
+    pub fn notified(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("ntf:{}", token(device_id)))
+    }
+
+    pub fn params(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("prm:{}", token(device_id)))
+    }
+
+    /// A pattern matching every key of the namespace (for tests and tools that clean up).
+    pub fn all_keys_pattern(&self) -> String {
+        format!("{}:*", self.ns)
+    }
+}
+
+/// One device of one mailbox, as the scripts need it.
+#[derive(Clone, Copy, Debug)]
+pub struct Device<'a> {
+    pub mailbox: &'a str,
+    pub device_id: &'a str,
+    /// [`dp_proto::ids::device_key`] of the two.
+    pub key: &'a str,
+}
+
+/// What a claim found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Neither the body nor the cache holds a heartbeat and folders: Status 3.
+    MissingParameters,
+    Claimed {
+        /// Who owned the device's Ping before this one, if anyone.
+        previous: Option<Owner>,
+        heartbeat: u32,
+        folders: Vec<PingFolder>,
+        /// Monitored folders with news for this device: answer Status 2 at once.
+        changed: Vec<FolderVersion>,
+    },
+}
+
+/// What re-checking a parked Ping found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A newer Ping owns the device.
+    Superseded,
+    Changed(Vec<FolderVersion>),
+}
+
+/// The result of a bump: folder versions after it, and the live owners of the mailbox's Pings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bump {
+    pub versions: Vec<FolderVersion>,
+    pub owners: Vec<(String, Owner)>,
+}
+
+/// The scripts, loaded once; `invoke_async` sends EVALSHA and falls back to EVAL on NOSCRIPT.
+pub struct Scripts {
+    claim: Script,
+    bump: Script,
+    check: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            claim: Script::new(include_str!("scripts/claim.lua")),
+            bump: Script::new(include_str!("scripts/bump.lua")),
+            check: Script::new(include_str!("scripts/check.lua")),
+        }
+    }
+}
+
+/// The store: key names, scripts and how long device state lives without a Ping.
+pub struct Store {
+    pub keys: Keyspace,
+    scripts: Scripts,
+    ttl_secs: u64,
+}
+
+impl Store {
+    pub fn new(namespace: &str, ttl_secs: u64) -> Self {
+        Store {
+            keys: Keyspace::new(namespace),
+            scripts: Scripts::default(),
+            ttl_secs,
+        }
+    }
+
+    /// Records `owner` as the device's parked Ping, merges the request with the cached
+    /// parameters (and caches the result), and finds the monitored folders with news.
+    pub async fn claim<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        owner: &Owner,
+        request: &PingRequest,
+    ) -> RedisResult<Claim> {
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(self.keys.versions(device.mailbox))
+            .key(self.keys.owners(device.mailbox))
+            .key(self.keys.notified(device.mailbox, device.device_id))
+            .key(self.keys.params(device.mailbox, device.device_id))
+            .arg(device.key)
+            .arg(owner.encode())
+            .arg(self.ttl_secs)
+            .arg(request.heartbeat.map_or(String::new(), |h| h.to_string()));
+        match &request.folders {
+            Some(folders) => {
+                invocation.arg(folders.len());
+                for folder in folders {
+                    invocation.arg(&folder.id).arg(folder.class.as_str());
+                }
+            }
+            None => {
+                invocation.arg(-1);
+            }
+        }
+        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        parse_claim(reply, request)
+    }
+
+    /// Increments the versions of `folders` and returns the owners of the mailbox's Pings.
+    pub async fn bump<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        mailbox: &str,
+        folders: &[String],
+        now_ms: u64,
+    ) -> RedisResult<Bump> {
+        let mut invocation = self.scripts.bump.prepare_invoke();
+        invocation
+            .key(self.keys.versions(mailbox))
+            .key(self.keys.owners(mailbox))
+            .arg(now_ms)
+            .arg(self.ttl_secs);
+        for folder in folders {
+            invocation.arg(folder);
+        }
+        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        let count: usize = reply.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let rest = reply.get(1..).unwrap_or_default();
+        let (versions, owners) = rest.split_at((2 * count).min(rest.len()));
+        Ok(Bump {
+            versions: folder_versions(versions),
+            owners: owners
+                .chunks_exact(2)
+                .filter_map(|pair| Some((pair[0].clone(), Owner::parse(&pair[1])?)))
+                .collect(),
+        })
+    }
+
+    /// Records that the device was told of these versions (after its Status 2 was written).
+    pub async fn ack<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        versions: &[FolderVersion],
+    ) -> RedisResult<()> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.notified(device.mailbox, device.device_id);
+        let fields: Vec<(&str, String)> = versions
+            .iter()
+            .map(|v| (v.id.as_str(), v.version.to_string()))
+            .collect();
+        redis::pipe()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .expire(&key, self.ttl_secs as i64)
+            .ignore()
+            .query_async(conn)
+            .await
+    }
+
+    /// Whether a parked Ping still owns its device and which monitored folders have news.
+    pub async fn check<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        owner: &Owner,
+        folder_ids: impl Iterator<Item = &str>,
+    ) -> RedisResult<Check> {
+        let mut invocation = self.scripts.check.prepare_invoke();
+        invocation
+            .key(self.keys.versions(device.mailbox))
+            .key(self.keys.owners(device.mailbox))
+            .key(self.keys.notified(device.mailbox, device.device_id))
+            .arg(device.key)
+            .arg(owner.encode());
+        for id in folder_ids {
+            invocation.arg(id);
+        }
+        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(Check::Changed(folder_versions(&reply[1..]))),
+            _ => Ok(Check::Superseded),
+        }
+    }
+}
+
+fn folder_versions(pairs: &[String]) -> Vec<FolderVersion> {
+    pairs
+        .chunks_exact(2)
+        .map(|pair| FolderVersion {
+            id: pair[0].clone(),
+            version: pair[1].parse().unwrap_or(0),
+        })
+        .collect()
+}
+
+fn bad_reply(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::TypeError,
+        "unexpected claim reply",
+        what.to_owned(),
+    ))
+}
+
+fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> {
+    match reply.first().map(String::as_str) {
+        Some("missing") => return Ok(Claim::MissingParameters),
+        Some("ok") if reply.len() >= 4 => {}
+        _ => return Err(bad_reply("neither 'ok' nor 'missing'")),
+    }
+    let heartbeat = match request.heartbeat {
+        Some(h) => h,
+        None => reply[2]
+            .parse()
+            .map_err(|_| bad_reply("cached heartbeat"))?,
+    };
+    let folders = match &request.folders {
+        Some(folders) => folders.clone(),
+        None => {
+            let pairs: Vec<(String, String)> =
+                serde_json::from_str(&reply[3]).map_err(|_| bad_reply("cached folders"))?;
+            pairs
+                .into_iter()
+                .map(|(id, class)| {
+                    let class = FolderClass::parse(&class).unwrap_or(FolderClass::Email);
+                    PingFolder { id, class }
+                })
+                .collect()
+        }
+    };
+    Ok(Claim::Claimed {
+        previous: Owner::parse(&reply[1]),
+        heartbeat,
+        folders,
+        changed: folder_versions(&reply[4..]),
+    })
+}

@@ -1,0 +1,22 @@
+-- check: run by a frontend for a parked Ping it may have missed news for (after a NATS
+-- reconnect). Read-only but for a missing baseline.
+-- KEYS: 1 versions, 2 owners, 3 notified (this device)
+-- ARGV: 1 device key, 2 owner value of the parked Ping, 3.. monitored folder ids
+-- Returns {'superseded'} when a newer Ping owns the device; else {'ok', id, version, ...} for
+-- the folders with news.
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+  return {'superseded'}
+end
+local out = {'ok'}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local version = redis.call('HGET', KEYS[1], id) or '0'
+  local notified = redis.call('HGET', KEYS[3], id)
+  if not notified then
+    redis.call('HSET', KEYS[3], id, version)
+  elseif notified ~= version then
+    out[#out + 1] = id
+    out[#out + 1] = version
+  end
+end
+return out

@@ -1,0 +1,65 @@
+-- claim: run by the frontend on every Ping, atomically.
+-- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device)
+-- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
+--       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
+--       6.. folder id, class, id, class, ...
+-- Returns {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
+-- else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or '',
+--       changed id, version, changed id, version, ...}.
+local ttl = tonumber(ARGV[3])
+local heartbeat = tonumber(ARGV[4])
+local count = tonumber(ARGV[5])
+local folders = nil
+if count >= 0 then
+  folders = {}
+  for i = 0, count - 1 do
+    folders[#folders + 1] = {ARGV[6 + 2 * i], ARGV[7 + 2 * i]}
+  end
+end
+local from_body = heartbeat ~= nil or folders ~= nil
+local cached_heartbeat, cached_folders = '', ''
+if heartbeat == nil or folders == nil then
+  local raw = redis.call('GET', KEYS[4])
+  if raw then
+    local cached = cjson.decode(raw)
+    if heartbeat == nil then
+      heartbeat = cached.h
+      cached_heartbeat = tostring(cached.h)
+    end
+    if folders == nil then
+      folders = cached.f
+      cached_folders = cjson.encode(cached.f)
+    end
+  end
+end
+if heartbeat == nil or folders == nil then
+  return {'missing'}
+end
+if from_body then
+  redis.call('SET', KEYS[4], cjson.encode({h = heartbeat, f = folders}), 'EX', ttl)
+else
+  redis.call('EXPIRE', KEYS[4], ttl)
+end
+local previous = redis.call('HGET', KEYS[2], ARGV[1]) or ''
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ttl)
+local out = {'ok', previous, cached_heartbeat, cached_folders}
+for _, folder in ipairs(folders) do
+  local id = folder[1]
+  local version = redis.call('HGET', KEYS[1], id) or '0'
+  local notified = redis.call('HGET', KEYS[3], id)
+  if not notified then
+    -- First sight of this folder for this device: what came before is not news to it.
+    redis.call('HSET', KEYS[3], id, version)
+  elseif notified ~= version then
+    -- Newer, or the versions were lost and restarted: either way the device should look.
+    out[#out + 1] = id
+    out[#out + 1] = version
+  end
+end
+redis.call('EXPIRE', KEYS[3], ttl)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Versions must outlive every device's notified versions, or a reset would hide changes.
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+return out
