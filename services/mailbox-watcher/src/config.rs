@@ -1,0 +1,164 @@
+//! The watcher's settings, checked before any port is bound.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dp_proto::events::{valid_namespace, ChangeKind};
+use dp_runtime::logging::LogFormat;
+use dp_runtime::ConfigError;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct WatcherArgs {
+    /// The ingest API (`POST /v1/changes`).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8081")]
+    pub listen_addr: String,
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9091")]
+    pub admin_addr: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
+    pub namespace: String,
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Bearer token the ingest API requires (at least 16 characters).
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// What this process does: `ingest`, `dispatch`, or both (comma-separated).
+    #[arg(long, env = "WATCHER_ROLES", default_value = "ingest,dispatch")]
+    pub roles: String,
+    /// Change kinds that wake a parked Ping; the others only bump versions.
+    #[arg(long, env = "WAKE_ON", default_value = "added")]
+    pub wake_on: String,
+    /// Changes to one mailbox within this many milliseconds are dispatched as one.
+    #[arg(long, env = "COALESCE_MS", default_value_t = 2)]
+    pub coalesce_ms: u64,
+    /// Most changes dispatched together.
+    #[arg(long, env = "DISPATCH_BATCH", default_value_t = 512)]
+    pub dispatch_batch: usize,
+    /// Seconds before JetStream redelivers a change a watcher took but did not finish.
+    #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+    /// Hours the stream keeps a change (acknowledged or not).
+    #[arg(long, env = "CHANGES_MAX_AGE_HOURS", default_value_t = 24)]
+    pub changes_max_age_hours: u64,
+    /// `file` or `memory`.
+    #[arg(long, env = "CHANGES_STORAGE", default_value = "file")]
+    pub changes_storage: String,
+    /// Must match the frontends': how long folder versions live without activity.
+    #[arg(long, env = "DEVICE_STATE_TTL_DAYS", default_value_t = 30)]
+    pub device_state_ttl_days: u32,
+    /// Most changes in one ingest request.
+    #[arg(long, env = "MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub nats_url: String,
+    pub redis_url: String,
+    pub namespace: String,
+    pub pod: String,
+    pub log_format: LogFormat,
+    pub ingest_token: Option<String>,
+    pub ingest: bool,
+    pub dispatch: bool,
+    pub wake_on: HashSet<ChangeKind>,
+    pub coalesce: Duration,
+    pub dispatch_batch: usize,
+    pub ack_wait: Duration,
+    pub changes_max_age: Duration,
+    pub memory_storage: bool,
+    pub device_state_ttl: Duration,
+    pub max_batch: usize,
+}
+
+fn addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not host:port")))
+}
+
+impl WatcherArgs {
+    pub fn check(self) -> Result<Config, ConfigError> {
+        if !valid_namespace(&self.namespace) {
+            return Err(ConfigError::new("DP_NAMESPACE", "1-64 letters, digits, '-' or '_'"));
+        }
+        let pod = self.pod_name.unwrap_or_else(dp_runtime::host_name);
+        if !dp_runtime::valid_pod_name(&pod) {
+            return Err(ConfigError::new("POD_NAME", format!("{pod:?} is not a usable name")));
+        }
+        let (mut ingest, mut dispatch) = (false, false);
+        for role in self.roles.split(',').map(str::trim) {
+            match role {
+                "ingest" => ingest = true,
+                "dispatch" => dispatch = true,
+                other => {
+                    return Err(ConfigError::new(
+                        "WATCHER_ROLES",
+                        format!("{other:?} is neither ingest nor dispatch"),
+                    ))
+                }
+            }
+        }
+        if ingest && self.ingest_token.as_ref().is_none_or(|t| t.len() < 16) {
+            return Err(ConfigError::new(
+                "INGEST_TOKEN",
+                "required with the ingest role, at least 16 characters",
+            ));
+        }
+        let mut wake_on = HashSet::new();
+        for kind in self.wake_on.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let parsed: ChangeKind = serde_json::from_value(serde_json::Value::String(kind.into()))
+                .map_err(|_| {
+                    ConfigError::new("WAKE_ON", format!("{kind:?} is not added, modified or removed"))
+                })?;
+            wake_on.insert(parsed);
+        }
+        let memory_storage = match self.changes_storage.as_str() {
+            "file" => false,
+            "memory" => true,
+            other => {
+                return Err(ConfigError::new(
+                    "CHANGES_STORAGE",
+                    format!("{other:?} is neither file nor memory"),
+                ))
+            }
+        };
+        if self.dispatch_batch == 0 || self.max_batch == 0 || self.ack_wait_secs == 0 {
+            return Err(ConfigError::new(
+                "DISPATCH_BATCH/MAX_BATCH/ACK_WAIT_SECS",
+                "must be more than 0",
+            ));
+        }
+        Ok(Config {
+            listen_addr: addr("LISTEN_ADDR", &self.listen_addr)?,
+            admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            nats_url: self.nats_url,
+            redis_url: self.redis_url,
+            namespace: self.namespace,
+            pod,
+            log_format: self
+                .log_format
+                .parse()
+                .map_err(|e| ConfigError::new("LOG_FORMAT", e))?,
+            ingest_token: self.ingest_token,
+            ingest,
+            dispatch,
+            wake_on,
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            dispatch_batch: self.dispatch_batch,
+            ack_wait: Duration::from_secs(self.ack_wait_secs),
+            changes_max_age: Duration::from_secs(self.changes_max_age_hours * 3600),
+            memory_storage,
+            device_state_ttl: Duration::from_secs(u64::from(self.device_state_ttl_days) * 86_400),
+            max_batch: self.max_batch,
+        })
+    }
+}

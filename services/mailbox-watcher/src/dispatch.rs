@@ -1,0 +1,168 @@
+//! The dispatch loop: a durable JetStream consumer that every watcher process shares. For each
+//! batch of changes: one `bump` per mailbox, one wake per pod that holds a Ping of it, a flush,
+//! and only then the acknowledgement. A watcher that dies before acking leaves the changes to be
+//! redelivered to another after ACK_WAIT_SECS.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::Stream as Messages;
+use async_nats::jetstream::{AckKind, Message};
+use dp_proto::events::{ChangeEvent, WakeEvent, WakeTarget};
+use dp_proto::ids::canonical_mailbox;
+use dp_runtime::shutdown::Drain;
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+
+use crate::Shared;
+
+/// Changes of one mailbox within a batch, merged.
+#[derive(Default)]
+struct Group {
+    folders: BTreeSet<String>,
+    wake: bool,
+    accepted_at_us: u64,
+    messages: Vec<Message>,
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    redis: ConnectionManager,
+    mut messages: Messages,
+    mut drain: Drain,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = drain.signalled() => return,
+            next = messages.next() => next,
+        };
+        let mut batch = match first {
+            Some(Ok(message)) => vec![message],
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "change stream error; continuing");
+                continue;
+            }
+            None => {
+                tracing::error!("change stream ended");
+                return;
+            }
+        };
+        let deadline = tokio::time::Instant::now() + shared.config.coalesce;
+        while batch.len() < shared.config.dispatch_batch {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        dispatch(&shared, &redis, batch).await;
+    }
+}
+
+async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message>) {
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    for message in batch {
+        let change: ChangeEvent = match serde_json::from_slice(&message.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|c: ChangeEvent| c.validate().map(|_| c).map_err(|e| e.to_string()))
+        {
+            Ok(change) => change,
+            Err(reason) => {
+                // A producer's mistake does not get better by redelivery.
+                tracing::warn!(subject = %message.subject, %reason, "invalid change dropped");
+                shared.metrics.changes_invalid.inc();
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let accepted = change.accepted_at_us.unwrap_or_else(|| published_us(&message));
+        let group = groups.entry(canonical_mailbox(&change.mailbox)).or_default();
+        group.folders.extend(change.folders);
+        group.wake |= shared.config.wake_on.contains(&change.kind);
+        group.accepted_at_us = if group.messages.is_empty() {
+            accepted
+        } else {
+            group.accepted_at_us.min(accepted)
+        };
+        group.messages.push(message);
+    }
+    let mut done = Vec::new();
+    for (mailbox, group) in groups {
+        match bump_and_wake(shared, redis, &mailbox, &group).await {
+            Ok(()) => done.push(group),
+            Err(err) => {
+                shared.metrics.dispatch_errors.inc();
+                tracing::warn!(%mailbox, error = %err, "dispatch failed; the changes will be redelivered");
+                for message in group.messages {
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+    }
+    // The wakes must have reached the server before the changes are acknowledged.
+    if let Err(err) = shared.nats.flush().await {
+        tracing::warn!(error = %err, "NATS flush failed; leaving changes for redelivery");
+        return;
+    }
+    let now = dp_runtime::now_us();
+    for group in done {
+        let lag = now.saturating_sub(group.accepted_at_us) as f64 / 1e6;
+        for message in group.messages {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "ack failed; the change may be delivered again");
+                continue;
+            }
+            shared.metrics.changes_dispatched.inc();
+            shared.metrics.dispatch_lag.observe(lag);
+        }
+    }
+}
+
+fn published_us(message: &Message) -> u64 {
+    message
+        .info()
+        .map(|info| (info.published.unix_timestamp_nanos() / 1000).max(0) as u64)
+        .unwrap_or_else(|_| dp_runtime::now_us())
+}
+
+async fn bump_and_wake(
+    shared: &Shared,
+    redis: &ConnectionManager,
+    mailbox: &str,
+    group: &Group,
+) -> anyhow::Result<()> {
+    let folders: Vec<String> = group.folders.iter().cloned().collect();
+    let mut redis = redis.clone();
+    let bump = shared
+        .store
+        .bump(&mut redis, mailbox, &folders, dp_runtime::now_ms());
+    let bump = tokio::time::timeout(Duration::from_secs(2), bump)
+        .await
+        .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
+    if !group.wake || bump.owners.is_empty() {
+        return Ok(());
+    }
+    let mut by_pod: HashMap<String, Vec<WakeTarget>> = HashMap::new();
+    for (device, owner) in bump.owners {
+        by_pod.entry(owner.pod).or_default().push(WakeTarget {
+            device,
+            request: owner.request,
+        });
+    }
+    for (pod, targets) in by_pod {
+        let wake = WakeEvent {
+            mailbox: mailbox.to_owned(),
+            folders: bump.versions.clone(),
+            targets,
+            accepted_at_us: group.accepted_at_us,
+            traceparent: None,
+        };
+        let payload = serde_json::to_vec(&wake)?;
+        shared
+            .nats
+            .publish(shared.subjects.wake(&pod), payload.into())
+            .await?;
+        shared.metrics.wakes_sent.inc();
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! `POST /v1/changes`: one change or a JSON array of them; 202 only once every one is durable
+//! in JetStream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use std::future::IntoFuture;
+
+use bytes::Bytes;
+use dp_proto::events::ChangeEvent;
+use dp_proto::ids::canonical_mailbox;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::CodeLabels;
+use crate::Shared;
+
+/// How long the ingest API waits for JetStream to acknowledge before answering 503.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request body accepted.
+const MAX_BODY: usize = 4 << 20;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/changes", post(changes))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+fn answer(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Response {
+    shared
+        .metrics
+        .ingest_requests
+        .get_or_create(&CodeLabels { code: code.as_u16() })
+        .inc();
+    (code, Json(body)).into_response()
+}
+
+/// Compares digests, so the time taken does not tell how much of the token matched.
+fn token_matches(expected: &str, given: &str) -> bool {
+    Sha256::digest(expected.as_bytes()) == Sha256::digest(given.as_bytes())
+}
+
+async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorised = match (&shared.config.ingest_token, given) {
+        (Some(expected), Some(given)) => token_matches(expected, given.trim()),
+        _ => false,
+    };
+    if !authorised {
+        let mut response = answer(&shared, StatusCode::UNAUTHORIZED, json!({"error": "a valid bearer token is required"}));
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let changes = match parse(&body, shared.config.max_batch) {
+        Ok(changes) => changes,
+        Err(reason) => {
+            tracing::info!(%reason, "ingest request refused");
+            return answer(&shared, StatusCode::BAD_REQUEST, json!({ "error": reason }));
+        }
+    };
+    match publish(&shared, changes).await {
+        Ok(accepted) => {
+            shared.metrics.changes_accepted.inc_by(accepted as u64);
+            answer(&shared, StatusCode::ACCEPTED, json!({ "accepted": accepted }))
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "changes not made durable; answering 503");
+            let mut response = answer(
+                &shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": format!("not durable: {reason}") }),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// One change or an array of them, each valid.
+fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        single => vec![single],
+    };
+    if items.is_empty() {
+        return Err("empty batch".into());
+    }
+    if items.len() > max_batch {
+        return Err(format!("batch of {} is over the limit of {max_batch}", items.len()));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut change: ChangeEvent =
+                serde_json::from_value(item).map_err(|e| format!("change {i}: {e}"))?;
+            change.validate().map_err(|e| format!("change {i}: {e}"))?;
+            change.mailbox = canonical_mailbox(&change.mailbox);
+            Ok(change)
+        })
+        .collect()
+}
+
+async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
+    let accepted_at = dp_runtime::now_us();
+    let mut pending = Vec::with_capacity(changes.len());
+    for mut change in changes {
+        change.accepted_at_us = Some(accepted_at);
+        let payload = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
+        let subject = shared.subjects.change(&change.mailbox);
+        let ack = shared
+            .jetstream
+            .publish(subject, payload.into())
+            .await
+            .map_err(|e| e.to_string())?;
+        pending.push(ack);
+    }
+    let count = pending.len();
+    let acks = futures::future::try_join_all(pending.into_iter().map(|ack| ack.into_future()));
+    match tokio::time::timeout(DURABLE_TIMEOUT, acks).await {
+        Ok(Ok(_)) => Ok(count),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("JetStream did not acknowledge in time".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_batch_bodies() {
+        let one = parse(br#"{"mailbox":"Alice@Example.com","folders":["5"]}"#, 10).expect("one");
+        assert_eq!(one[0].mailbox, "alice@example.com", "canonical");
+        let two = parse(br#"[{"mailbox":"a","folders":["1"]},{"mailbox":"b","folders":["2"],"kind":"modified"}]"#, 10)
+            .expect("batch");
+        assert_eq!(two.len(), 2);
+        assert!(parse(b"[]", 10).is_err());
+        assert!(parse(b"{", 10).unwrap_err().contains("not JSON"));
+        assert!(parse(br#"{"mailbox":"","folders":["1"]}"#, 10).unwrap_err().contains("change 0"));
+        assert!(parse(br#"[{"mailbox":"a","folders":["1"]},{"mailbox":"a","folders":["1"]}]"#, 1)
+            .unwrap_err()
+            .contains("over the limit"));
+        assert!(token_matches("abcdefghijklmnop", "abcdefghijklmnop"));
+        assert!(!token_matches("abcdefghijklmnop", "abcdefghijklmnoq"));
+    }
+}

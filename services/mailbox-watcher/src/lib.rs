@@ -1,0 +1,181 @@
+//! mailbox-watcher: takes mailbox changes (the ingest API, or producers publishing to
+//! `<ns>.changes.>` directly), makes them durable in JetStream, and dispatches each: bump the
+//! folder versions in Redis, then wake the pods that hold the mailbox's parked Pings.
+//!
+//! `main` and the tests both call [`run`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod dispatch;
+mod ingest;
+pub mod metrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, stream};
+use dp_keyspace::Store;
+use dp_proto::events::Subjects;
+use dp_runtime::shutdown::Drain;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use config::{Config, WatcherArgs};
+
+use crate::metrics::Metrics;
+
+/// The name of the durable consumer every watcher shares.
+pub const CONSUMER: &str = "dispatch";
+
+pub struct Shared {
+    pub config: Config,
+    nats: async_nats::Client,
+    jetstream: jetstream::Context,
+    store: Store,
+    subjects: Subjects,
+    metrics: Metrics,
+    stream_ready: AtomicBool,
+}
+
+/// Creates the change stream if it is missing (and keeps its settings current).
+async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: shared.subjects.stream(),
+        subjects: vec![shared.subjects.all_changes()],
+        storage: if shared.config.memory_storage {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
+        max_age: shared.config.changes_max_age,
+        ..Default::default()
+    };
+    let stream = shared
+        .jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the change stream: {e}"))?;
+    shared.stream_ready.store(true, Ordering::Release);
+    Ok(stream)
+}
+
+/// Runs a watcher until `drain` fires. `ingest` is the ingest API's listener (with the ingest
+/// role).
+pub async fn run(
+    config: Config,
+    ingest: Option<TcpListener>,
+    admin: TcpListener,
+    mut drain: Drain,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let nats = async_nats::ConnectOptions::new()
+        .name(format!("mailbox-watcher/{}", config.pod))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(2000)))
+        .connect(&config.nats_url)
+        .await
+        .context("NATS_URL")?;
+    let shared = Arc::new(Shared {
+        jetstream: jetstream::new(nats.clone()),
+        store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
+        subjects: Subjects::new(&config.namespace),
+        stream_ready: AtomicBool::new(false),
+        config,
+        nats,
+        metrics,
+    });
+    let admin_task = tokio::spawn(dp_runtime::admin::serve(
+        admin,
+        dp_runtime::admin::router(Arc::new(registry), readiness(shared.clone())),
+        drain.clone(),
+    ));
+    let stream = loop {
+        match ensure_stream(&shared).await {
+            Ok(stream) => break stream,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "waiting for JetStream");
+                tokio::select! {
+                    _ = drain.signalled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    };
+    let mut tasks = Vec::new();
+    if let Some(listener) = ingest.filter(|_| shared.config.ingest) {
+        let router = ingest::router(shared.clone());
+        let drain = drain.clone();
+        tasks.push(tokio::spawn(async move {
+            dp_runtime::admin::serve(listener, router, drain).await?;
+            Ok::<_, std::io::Error>(())
+        }));
+    }
+    if shared.config.dispatch {
+        let redis = redis::Client::open(shared.config.redis_url.as_str()).context("REDIS_URL")?;
+        let redis = redis::aio::ConnectionManager::new(redis)
+            .await
+            .context("connecting to Redis")?;
+        let mut consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: shared.config.ack_wait,
+                    max_ack_pending: 100_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the change stream: {e}"))?;
+        let (s, d) = (shared.clone(), drain.clone());
+        tasks.push(tokio::spawn(async move {
+            dispatch::run(s, redis, messages, d).await;
+            Ok(())
+        }));
+        let s = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(info) = consumer.info().await {
+                    s.metrics.pending.set(info.num_pending as i64);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
+    tracing::info!(pod = %shared.config.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, "mailbox-watcher running");
+    drain.signalled().await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
+    Arc::new(move || {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            if shared.nats.connection_state() != async_nats::connection::State::Connected {
+                problems.push("NATS disconnected");
+            }
+            if !shared.stream_ready.load(Ordering::Acquire) {
+                problems.push("change stream not ready");
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        })
+    })
+}

@@ -1,0 +1,49 @@
+//! The watcher's Prometheus metrics (prefix `dp_watcher_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+pub struct Metrics {
+    pub ingest_requests: Family<CodeLabels, Counter>,
+    pub changes_accepted: Counter,
+    pub changes_dispatched: Counter,
+    pub changes_invalid: Counter,
+    pub wakes_sent: Counter,
+    pub dispatch_errors: Counter,
+    pub dispatch_lag: Histogram,
+    pub pending: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            ingest_requests: Family::default(),
+            changes_accepted: Counter::default(),
+            changes_dispatched: Counter::default(),
+            changes_invalid: Counter::default(),
+            wakes_sent: Counter::default(),
+            dispatch_errors: Counter::default(),
+            dispatch_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            pending: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("dp_watcher");
+        r.register("ingest_requests", "Ingest API requests by HTTP code", metrics.ingest_requests.clone());
+        r.register("changes_accepted", "Changes made durable by the ingest API", metrics.changes_accepted.clone());
+        r.register("changes_dispatched", "Changes bumped and woken, then acknowledged", metrics.changes_dispatched.clone());
+        r.register("changes_invalid", "Stream messages that were not valid changes (dropped)", metrics.changes_invalid.clone());
+        r.register("wakes_sent", "Wake messages published to pods", metrics.wakes_sent.clone());
+        r.register("dispatch_errors", "Dispatch batches that failed and will be redelivered", metrics.dispatch_errors.clone());
+        r.register("dispatch_lag_seconds", "From a change's acceptance to its dispatch", metrics.dispatch_lag.clone());
+        r.register("jetstream_pending", "Changes in the stream not yet delivered to a watcher", metrics.pending.clone());
+        metrics
+    }
+}

@@ -1,0 +1,180 @@
+//! Basic authentication against the accounts table, with a bounded cache of verified
+//! credentials so a reconnect storm does not re-run argon2 for every device.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use dp_proto::ids::canonical_mailbox;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// Why a request is not authenticated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No usable `Authorization: Basic` header: 401.
+    Missing,
+    /// Unknown account, wrong password or disabled account: 401, the same answer for each.
+    Rejected,
+    /// The accounts cannot be read right now: 503 + Retry-After.
+    Unavailable,
+}
+
+struct Verified {
+    mailbox: String,
+    at: Instant,
+}
+
+pub struct Auth {
+    pool: PgPool,
+    /// Keyed by a salted digest of name and password, so the cache holds no password.
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    salt: [u8; 16],
+    capacity: usize,
+    ttl: Duration,
+    /// argon2 is CPU-bound: at most this many verifications at once, off the async threads.
+    verifications: Semaphore,
+}
+
+/// A hash to verify against when the account does not exist, so that answer takes as long as
+/// a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        dp_db::accounts::hash_password("directpush-decoy-password").unwrap_or_default()
+    })
+}
+
+impl Auth {
+    pub fn new(pool: PgPool, capacity: usize, ttl: Duration) -> Auth {
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Auth {
+            pool,
+            cache: Mutex::new(HashMap::new()),
+            salt: rand::random(),
+            capacity,
+            ttl,
+            verifications: Semaphore::new(parallel),
+        }
+    }
+
+    fn digest(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.salt);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+
+    /// The mailbox the credentials belong to.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        metrics: &Metrics,
+    ) -> Result<String, AuthError> {
+        let count = |result| metrics.auth.get_or_create(&ResultLabels { result }).inc();
+        let Some((name, password)) = header.and_then(parse_basic) else {
+            count("missing");
+            return Err(AuthError::Missing);
+        };
+        let name = canonical_mailbox(&name);
+        let key = self.digest(&name, &password);
+        if let Some(mailbox) = self.cached(&key) {
+            count("cache_hit");
+            return Ok(mailbox);
+        }
+        let stored = match dp_db::accounts::credentials(&self.pool, &name).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::warn!(error = %err, "accounts unavailable; answering 503");
+                count("unavailable");
+                return Err(AuthError::Unavailable);
+            }
+        };
+        let (hash, usable) = match stored {
+            Some((hash, disabled)) => (hash, !disabled),
+            None => (decoy_hash().to_owned(), false),
+        };
+        let permit = self.verifications.acquire().await;
+        let matches = tokio::task::spawn_blocking(move || {
+            dp_db::accounts::verify_password(&hash, &password)
+        })
+        .await
+        .unwrap_or(false);
+        drop(permit);
+        if !(matches && usable) {
+            count("rejected");
+            return Err(AuthError::Rejected);
+        }
+        count("verified");
+        self.remember(key, &name);
+        Ok(name)
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(key)
+            .filter(|v| v.at.elapsed() < self.ttl)
+            .map(|v| v.mailbox.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], mailbox: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.capacity {
+            // Expired entries first; if none, any entry: a miss costs one verification.
+            let ttl = self.ttl;
+            cache.retain(|_, v| v.at.elapsed() < ttl);
+            if cache.len() >= self.capacity {
+                if let Some(victim) = cache.keys().next().copied() {
+                    cache.remove(&victim);
+                }
+            }
+        }
+        cache.insert(
+            key,
+            Verified {
+                mailbox: mailbox.to_owned(),
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+/// `Basic base64(name:password)` -> (name, password).
+fn parse_basic(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (name, password) = text.split_once(':')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some((name.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_headers() {
+        assert_eq!(
+            parse_basic("Basic YWxpY2U6czNjcjN0OndpdGg6Y29sb25z"),
+            Some(("alice".into(), "s3cr3t:with:colons".into()))
+        );
+        assert_eq!(parse_basic("Bearer abc"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+        assert_eq!(parse_basic("Basic OnB3"), None, "empty user name");
+    }
+}

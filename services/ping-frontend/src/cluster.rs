@@ -1,0 +1,130 @@
+//! The pod's NATS side: its own wake and evict subjects, subscribed before it serves, and a
+//! re-check of every parked Ping after a reconnect (core NATS drops what was published to us
+//! while we were away; Redis still knows).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event};
+use dp_proto::events::{EvictEvent, WakeEvent};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::parked::End;
+use crate::Shared;
+
+/// Connects (retrying in the background until the server answers) and returns the client and
+/// its connection events.
+pub async fn connect(
+    url: &str,
+    pod: &str,
+) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Event>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = ConnectOptions::new()
+        .name(format!("ping-frontend/{pod}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(2000))
+        })
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event);
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, rx))
+}
+
+/// Subscribes to the pod's subjects and waits until the server has them: only then may the
+/// pod serve (ARCHITECTURE.md section 3).
+pub async fn subscribe(shared: &Arc<Shared>, drain: &dp_runtime::shutdown::Drain) -> anyhow::Result<()> {
+    let mut wakes = shared.nats.subscribe(shared.subjects.wake(&shared.config.pod)).await?;
+    let mut evicts = shared.nats.subscribe(shared.subjects.evict(&shared.config.pod)).await?;
+    let s = shared.clone();
+    tokio::spawn(async move {
+        while let Some(message) = wakes.next().await {
+            on_wake(&s, &message.payload);
+        }
+    });
+    let s = shared.clone();
+    tokio::spawn(async move {
+        while let Some(message) = evicts.next().await {
+            on_evict(&s, &message.payload);
+        }
+    });
+    let mut waited = 0u32;
+    while let Err(err) = shared.nats.flush().await {
+        if drain.is_signalled() {
+            anyhow::bail!("shut down before NATS answered");
+        }
+        if waited % 10 == 0 {
+            tracing::warn!(error = %err, "waiting for NATS before serving");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shared.subscribed.store(true, Ordering::Release);
+    Ok(())
+}
+
+fn on_wake(shared: &Shared, payload: &[u8]) {
+    let wake: WakeEvent = match serde_json::from_slice(payload) {
+        Ok(wake) => wake,
+        Err(err) => {
+            tracing::warn!(error = %err, "wake event ignored: not a WakeEvent");
+            return;
+        }
+    };
+    for target in &wake.targets {
+        shared.parked.tell(&target.device, target.request, |s| {
+            s.changes.extend(wake.folders.iter().cloned());
+            s.accepted_at_us = Some(
+                s.accepted_at_us
+                    .map_or(wake.accepted_at_us, |t| t.min(wake.accepted_at_us)),
+            );
+        });
+    }
+}
+
+fn on_evict(shared: &Shared, payload: &[u8]) {
+    match serde_json::from_slice::<EvictEvent>(payload) {
+        Ok(evict) => {
+            shared
+                .parked
+                .tell(&evict.device, evict.request, |s| s.end = Some(End::Superseded));
+        }
+        Err(err) => tracing::warn!(error = %err, "evict event ignored: not an EvictEvent"),
+    }
+}
+
+/// Watches connection events: after every (re)connect, once the server has our subscriptions
+/// again, every parked Ping re-checks Redis for news it may have missed.
+pub fn watch_connection(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Event>) {
+    tokio::spawn(async move {
+        let mut connected_before = false;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Connected => {
+                    if connected_before {
+                        shared.metrics.nats_reconnects.inc();
+                    }
+                    connected_before = true;
+                    if let Err(err) = shared.nats.flush().await {
+                        tracing::warn!(error = %err, "NATS flush after reconnect failed");
+                    }
+                    let parked = shared.parked.tell_all(|s| s.recheck = true);
+                    tracing::info!(parked, "NATS connected; parked Pings re-check for missed changes");
+                }
+                Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; wakes for this pod are lost until it reconnects")
+                }
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        }
+    });
+}

@@ -1,0 +1,188 @@
+//! The frontend's settings: flags with environment fallbacks, checked into a typed [`Config`]
+//! before any port is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dp_proto::events::valid_namespace;
+use dp_proto::ping::PingLimits;
+use dp_runtime::logging::LogFormat;
+use dp_runtime::ConfigError;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct FrontendArgs {
+    /// Where devices connect (plain HTTP/1.1; put TLS in front until TLS_CERT lands).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// /healthz, /readyz and /metrics.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/directpush")]
+    pub database_url: String,
+    /// Prefix of every Redis key, NATS subject and JetStream stream.
+    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
+    pub namespace: String,
+    /// This pod's name in owner records and subjects; default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Shortest heartbeat accepted, in seconds (Status 5 below it).
+    #[arg(long, env = "MIN_HEARTBEAT", default_value_t = 60)]
+    pub min_heartbeat: u32,
+    /// Longest heartbeat accepted, in seconds (Status 5 above it).
+    #[arg(long, env = "MAX_HEARTBEAT", default_value_t = 3540)]
+    pub max_heartbeat: u32,
+    /// Most folders one Ping may monitor (Status 6 above it).
+    #[arg(long, env = "MAX_FOLDERS", default_value_t = 300)]
+    pub max_folders: usize,
+    /// Open connections beyond which new ones get 503 + Retry-After.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200_000)]
+    pub max_connections: usize,
+    /// Seconds a client is told to wait in Retry-After.
+    #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
+    pub retry_after_secs: u32,
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+    /// Share the listen port with other processes (SO_REUSEPORT).
+    #[arg(long, env = "REUSE_PORT", default_value_t = false)]
+    pub reuse_port: bool,
+    /// How long a device's cached parameters and versions live without a Ping.
+    #[arg(long, env = "DEVICE_STATE_TTL_DAYS", default_value_t = 30)]
+    pub device_state_ttl_days: u32,
+    /// Redis round trips slower than this answer Status 8.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// Seconds an idle keep-alive connection stays open between requests.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 120)]
+    pub idle_timeout_secs: u64,
+    /// Seconds a request head and body may take to arrive once started.
+    #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    pub header_timeout_secs: u64,
+    #[arg(long, env = "AUTH_CACHE_SIZE", default_value_t = 100_000)]
+    pub auth_cache_size: usize,
+    /// Seconds a verified credential is trusted without asking the database again.
+    #[arg(long, env = "AUTH_CACHE_TTL_SECS", default_value_t = 300)]
+    pub auth_cache_ttl_secs: u64,
+    #[arg(long, env = "HISTORY_QUEUE", default_value_t = 65_536)]
+    pub history_queue: usize,
+    #[arg(long, env = "HISTORY_BATCH", default_value_t = 500)]
+    pub history_batch: usize,
+    #[arg(long, env = "HISTORY_RETENTION_DAYS", default_value_t = 30)]
+    pub history_retention_days: u32,
+    /// Apply database migrations at start-up.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
+    pub migrate_on_start: bool,
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub nats_url: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub namespace: String,
+    pub pod: String,
+    pub log_format: LogFormat,
+    pub limits: PingLimits,
+    pub max_connections: usize,
+    pub retry_after_secs: u32,
+    pub listen_backlog: u32,
+    pub reuse_port: bool,
+    pub device_state_ttl: Duration,
+    pub redis_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub auth_cache_size: usize,
+    pub auth_cache_ttl: Duration,
+    pub history: dp_db::history::WriterConfig,
+    pub migrate_on_start: bool,
+}
+
+fn addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not host:port")))
+}
+
+fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(setting, "must be more than 0"));
+    }
+    Ok(())
+}
+
+impl FrontendArgs {
+    pub fn check(self) -> Result<Config, ConfigError> {
+        if !valid_namespace(&self.namespace) {
+            return Err(ConfigError::new(
+                "DP_NAMESPACE",
+                "1-64 letters, digits, '-' or '_'",
+            ));
+        }
+        let pod = self.pod_name.unwrap_or_else(dp_runtime::host_name);
+        if !dp_runtime::valid_pod_name(&pod) {
+            return Err(ConfigError::new(
+                "POD_NAME",
+                format!("{pod:?}: 1-253 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if self.min_heartbeat == 0 || self.min_heartbeat > self.max_heartbeat {
+            return Err(ConfigError::new(
+                "MIN_HEARTBEAT",
+                format!("must be between 1 and MAX_HEARTBEAT ({})", self.max_heartbeat),
+            ));
+        }
+        positive("MAX_FOLDERS", self.max_folders as u64)?;
+        positive("MAX_CONNECTIONS", self.max_connections as u64)?;
+        positive("DEVICE_STATE_TTL_DAYS", self.device_state_ttl_days.into())?;
+        positive("REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
+        positive("HEADER_TIMEOUT_SECS", self.header_timeout_secs)?;
+        positive("IDLE_TIMEOUT_SECS", self.idle_timeout_secs)?;
+        positive("HISTORY_BATCH", self.history_batch as u64)?;
+        positive("HISTORY_QUEUE", self.history_queue as u64)?;
+        positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
+        let log_format = self
+            .log_format
+            .parse()
+            .map_err(|e| ConfigError::new("LOG_FORMAT", e))?;
+        Ok(Config {
+            listen_addr: addr("LISTEN_ADDR", &self.listen_addr)?,
+            admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            nats_url: self.nats_url,
+            redis_url: self.redis_url,
+            database_url: self.database_url,
+            namespace: self.namespace,
+            pod,
+            log_format,
+            limits: PingLimits {
+                min_heartbeat: self.min_heartbeat,
+                max_heartbeat: self.max_heartbeat,
+                max_folders: self.max_folders,
+            },
+            max_connections: self.max_connections,
+            retry_after_secs: self.retry_after_secs,
+            listen_backlog: self.listen_backlog,
+            reuse_port: self.reuse_port,
+            device_state_ttl: Duration::from_secs(u64::from(self.device_state_ttl_days) * 86_400),
+            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            auth_cache_size: self.auth_cache_size,
+            auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl_secs),
+            history: dp_db::history::WriterConfig {
+                queue: self.history_queue,
+                batch: self.history_batch,
+                linger: Duration::from_millis(500),
+                retention_days: self.history_retention_days,
+            },
+            migrate_on_start: self.migrate_on_start,
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! One device connection: read a request, answer it, repeat while keep-alive holds. Waits on
+//! {a request, the client gone, the drain}; a parked Ping waits inside `ping::serve`.
+
+use std::sync::Arc;
+
+use dp_runtime::shutdown::Drain;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::http::request::{self, ReadError};
+use crate::http::response;
+use crate::{router, Shared};
+
+pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain) {
+    shared.metrics.connections.inc();
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    loop {
+        let read = tokio::select! {
+            _ = drain.signalled(), if buf.is_empty() => break,
+            read = request::read(
+                &mut stream,
+                &mut buf,
+                shared.config.idle_timeout,
+                shared.config.header_timeout,
+            ) => read,
+        };
+        let request = match read {
+            Ok(request) => request,
+            Err(ReadError::Closed | ReadError::Idle | ReadError::Io(_)) => break,
+            Err(err) => {
+                let code = match err {
+                    ReadError::Slow => 408,
+                    ReadError::HeadTooLarge => 431,
+                    ReadError::BodyTooLarge => 413,
+                    ReadError::Chunked => 411,
+                    _ => 400,
+                };
+                tracing::info!(code, reason = %err, "request refused");
+                shared.count_http(code);
+                let _ = stream
+                    .write_all(&response::error(code, &err.to_string(), &[], true))
+                    .await;
+                break;
+            }
+        };
+        match router::handle(shared, &mut stream, &mut buf, request).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown().await;
+    shared.metrics.connections.dec();
+}

@@ -1,0 +1,165 @@
+//! ping-frontend: terminates device connections, authenticates, serves and parks `Cmd=Ping`,
+//! wakes parked Pings on the watcher's word, and writes heartbeat history.
+//!
+//! `main` and the tests both call [`run`] with listeners they bound.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod cluster;
+pub mod config;
+mod connection;
+mod http;
+pub mod metrics;
+mod parked;
+mod ping;
+mod router;
+mod server;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dp_keyspace::Store;
+use dp_proto::events::Subjects;
+use dp_runtime::shutdown::Drain;
+use prometheus_client::registry::Registry;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use config::{Config, FrontendArgs};
+
+use crate::metrics::{CodeLabels, Metrics};
+use crate::parked::Parked;
+
+/// Everything a connection task needs, shared by all of them.
+pub struct Shared {
+    pub config: Config,
+    store: Store,
+    redis: ConnectionManager,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    parked: Parked,
+    auth: auth::Auth,
+    history: dp_db::history::HistorySink,
+    metrics: Metrics,
+    next_request: AtomicU64,
+    rechecks: Semaphore,
+    subscribed: AtomicBool,
+}
+
+impl Shared {
+    /// Request ids are unique per pod incarnation: they start at the start time in ms shifted
+    /// left, so a restarted pod with the same name never reuses a live id.
+    fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn count_http(&self, code: u16) {
+        self.metrics
+            .http_responses
+            .get_or_create(&CodeLabels { code })
+            .inc();
+    }
+}
+
+async fn connect_redis(config: &Config, drain: &Drain) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(config.redis_url.as_str()).context("REDIS_URL")?;
+    let mut attempt = 0u32;
+    loop {
+        match ConnectionManager::new(client.clone()).await {
+            Ok(manager) => return Ok(manager),
+            Err(err) => {
+                if drain.is_signalled() {
+                    anyhow::bail!("shut down before Redis answered");
+                }
+                if attempt % 10 == 0 {
+                    tracing::warn!(error = %err, "waiting for Redis before serving");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Runs a frontend on `listener` (devices) and `admin` until `drain` fires and its parked
+/// Pings are answered.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    drain: Drain,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let pool = dp_db::lazy_pool(&config.database_url, 8)?;
+    if config.migrate_on_start {
+        dp_db::migrate(&pool).await?;
+    }
+    let (history, history_task) =
+        dp_db::history::spawn_writer(pool.clone(), config.history, metrics.history.clone());
+    let redis = connect_redis(&config, &drain).await?;
+    let (nats, nats_events) = cluster::connect(&config.nats_url, &config.pod).await?;
+    let start_ms = dp_runtime::now_ms();
+    let shared = Arc::new(Shared {
+        store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
+        subjects: Subjects::new(&config.namespace),
+        auth: auth::Auth::new(pool, config.auth_cache_size, config.auth_cache_ttl),
+        parked: Parked::default(),
+        next_request: AtomicU64::new(start_ms << 20),
+        rechecks: Semaphore::new(64),
+        subscribed: AtomicBool::new(false),
+        config,
+        redis,
+        nats,
+        history,
+        metrics,
+    });
+    cluster::watch_connection(shared.clone(), nats_events);
+    cluster::subscribe(&shared, &drain).await?;
+    let admin_task = tokio::spawn(dp_runtime::admin::serve(
+        admin,
+        dp_runtime::admin::router(Arc::new(registry), readiness(shared.clone())),
+        drain.clone(),
+    ));
+    tracing::info!(
+        pod = %shared.config.pod,
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "ping-frontend serving"
+    );
+    server::serve(shared.clone(), listener, drain).await;
+    let _ = admin_task.await;
+    drop(shared);
+    // The history sink went with the last connection; let the writer flush what it holds.
+    let _ = tokio::time::timeout(Duration::from_secs(5), history_task).await;
+    Ok(())
+}
+
+/// Ready when subscribed to its subjects, connected to NATS, and Redis answers.
+fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
+    Arc::new(move || {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            if !shared.subscribed.load(Ordering::Acquire) {
+                problems.push("not yet subscribed to its NATS subjects");
+            }
+            if shared.nats.connection_state() != async_nats::connection::State::Connected {
+                problems.push("NATS disconnected");
+            }
+            let mut redis = shared.redis.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut redis);
+            if !matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_))) {
+                problems.push("Redis not answering");
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        })
+    })
+}

@@ -1,0 +1,77 @@
+//! The frontend's Prometheus metrics (prefix `dp_frontend_`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+    /// The Ping status answered ("" for none: client gone).
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub parked: Gauge,
+    pub connections: Gauge,
+    pub pings: Family<OutcomeLabels, Counter>,
+    pub wake_latency: Histogram,
+    pub http_responses: Family<CodeLabels, Counter>,
+    pub auth: Family<ResultLabels, Counter>,
+    pub redis_errors: Counter,
+    pub nats_reconnects: Counter,
+    pub evictions_sent: Counter,
+    pub history: dp_db::history::HistoryMetrics,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            parked: Gauge::default(),
+            connections: Gauge::default(),
+            pings: Family::default(),
+            // 0.5 ms to about 16 s.
+            wake_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            http_responses: Family::default(),
+            auth: Family::default(),
+            redis_errors: Counter::default(),
+            nats_reconnects: Counter::default(),
+            evictions_sent: Counter::default(),
+            history: Default::default(),
+        };
+        let r = registry.sub_registry_with_prefix("dp_frontend");
+        r.register("parked_pings", "Pings parked on this pod now", metrics.parked.clone());
+        r.register("connections", "Open device connections", metrics.connections.clone());
+        r.register("pings", "Finished Pings by outcome and status", metrics.pings.clone());
+        r.register(
+            "wake_latency_seconds",
+            "From a change's acceptance to its Status 2 written",
+            metrics.wake_latency.clone(),
+        );
+        r.register("http_responses", "HTTP responses by code", metrics.http_responses.clone());
+        r.register("auth", "Authentications by result", metrics.auth.clone());
+        r.register("redis_errors", "Redis calls that failed or timed out", metrics.redis_errors.clone());
+        r.register("nats_reconnects", "NATS reconnections", metrics.nats_reconnects.clone());
+        r.register("evictions_sent", "Superseded Pings evicted on other pods", metrics.evictions_sent.clone());
+        r.register("history_rows_written", "Heartbeat history rows written", metrics.history.written.clone());
+        r.register(
+            "history_rows_dropped",
+            "Heartbeat history rows dropped (queue full or database unavailable)",
+            metrics.history.dropped.clone(),
+        );
+        metrics
+    }
+}

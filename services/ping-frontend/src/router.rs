@@ -1,0 +1,104 @@
+//! The whole router on one page: which request gets which answer.
+
+use std::sync::Arc;
+
+use dp_proto::query::{Command, EasRequest, QueryError};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::auth::AuthError;
+use crate::http::request::{Method, Request};
+use crate::http::response;
+use crate::{ping, Shared};
+
+const EAS_PATH: &str = "/Microsoft-Server-ActiveSync";
+
+/// Answers one request; `Ok(false)` closes the connection.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: Request,
+) -> std::io::Result<bool> {
+    if !request.path.eq_ignore_ascii_case(EAS_PATH) {
+        return refuse(shared, stream, 404, "not an ActiveSync path", &[]).await;
+    }
+    match request.method {
+        Method::Options => {
+            shared.count_http(200);
+            stream.write_all(&response::options()).await?;
+            Ok(request.keep_alive)
+        }
+        Method::Other => {
+            let allow = [("Allow", "OPTIONS,POST".to_owned())];
+            refuse(shared, stream, 405, "use OPTIONS or POST", &allow).await
+        }
+        Method::Post => post(shared, stream, buf, request).await,
+    }
+}
+
+async fn post(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: Request,
+) -> std::io::Result<bool> {
+    let query = match EasRequest::parse_query(&request.query) {
+        Ok(query) => query,
+        Err(err @ QueryError::UnknownCommand(_)) => {
+            return refuse(shared, stream, 501, &err.to_string(), &[]).await
+        }
+        Err(err) => {
+            tracing::info!(reason = %err, "request refused: unusable query");
+            return refuse(shared, stream, 400, &err.to_string(), &[]).await;
+        }
+    };
+    let mailbox = match shared
+        .auth
+        .authenticate(request.authorization.as_deref(), &shared.metrics)
+        .await
+    {
+        Ok(mailbox) => mailbox,
+        Err(AuthError::Missing | AuthError::Rejected) => {
+            let challenge = [("WWW-Authenticate", "Basic realm=\"ActiveSync\"".to_owned())];
+            return refuse(shared, stream, 401, "credentials required", &challenge).await;
+        }
+        Err(AuthError::Unavailable) => {
+            shared.count_http(503);
+            let answer = response::unavailable(
+                shared.config.retry_after_secs,
+                "accounts unavailable; retry later",
+            );
+            stream.write_all(&answer).await?;
+            return Ok(false);
+        }
+    };
+    if let Some(user) = &query.user {
+        if dp_proto::ids::canonical_mailbox(user) != mailbox {
+            tracing::info!(%mailbox, "request refused: credentials are not for the User parameter");
+            return refuse(shared, stream, 403, "credentials do not belong to User", &[]).await;
+        }
+    }
+    if query.command != Command::Ping {
+        let message = format!("{} is not served by this tier", query.command.name());
+        return refuse(shared, stream, 501, &message, &[]).await;
+    }
+    ping::serve(shared, stream, buf, &query, mailbox, &request).await
+}
+
+/// An error answer; the connection stays open for 401, 403 and 501 (the request was read in
+/// full), and closes otherwise.
+async fn refuse(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    code: u16,
+    message: &str,
+    headers: &[(&str, String)],
+) -> std::io::Result<bool> {
+    let keep = matches!(code, 401 | 403 | 404 | 405 | 501);
+    shared.count_http(code);
+    stream
+        .write_all(&response::error(code, message, headers, !keep))
+        .await?;
+    Ok(keep)
+}

@@ -1,0 +1,138 @@
+//! One test's isolated world on the shared services.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::PgPool;
+
+pub struct Env {
+    pub namespace: String,
+    pub database: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub nats_url: String,
+    /// The bearer token the test watchers accept.
+    pub ingest_token: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    /// A fresh namespace and database with migrations applied.
+    pub async fn new() -> Env {
+        let namespace = format!(
+            "t{:08x}{:x}{}",
+            rand::random::<u32>(),
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin_url = var("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+        let database = format!("dp_{namespace}");
+        let admin = PgPool::connect(&admin_url)
+            .await
+            .expect("PostgreSQL at TEST_DATABASE_URL (127.0.0.1:5432/test) must run");
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&admin)
+            .await
+            .expect("creates the test database");
+        admin.close().await;
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        let database_url = format!("{base}/{database}");
+        let pool = PgPool::connect(&database_url).await.expect("connects to the test database");
+        dp_db::migrate(&pool).await.expect("migrations apply");
+        Env {
+            namespace,
+            database,
+            database_url,
+            redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
+            nats_url: var("NATS_URL", "nats://127.0.0.1:4222"),
+            ingest_token: "test-ingest-token-0123456789".into(),
+            pool,
+            admin_url,
+        }
+    }
+
+    /// Adds an account that may Ping.
+    pub async fn account(&self, name: &str, password: &str) {
+        dp_db::accounts::upsert(&self.pool, name, password)
+            .await
+            .expect("account added");
+    }
+
+    /// Rows of the heartbeat history: (device, outcome, status), oldest first.
+    pub async fn history(&self) -> Vec<(String, String, Option<i16>)> {
+        sqlx::query_as("SELECT device_id, outcome, status FROM ping_history ORDER BY ended_at")
+            .fetch_all(&self.pool)
+            .await
+            .expect("reads history")
+    }
+
+    /// The recorded owner of the device's parked Ping, if any.
+    pub async fn owner(&self, mailbox: &str, device_id: &str) -> Option<dp_keyspace::Owner> {
+        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_tokio_connection().await.ok()?;
+        let keys = dp_keyspace::Keyspace::new(&self.namespace);
+        let device = dp_proto::ids::device_key(mailbox, device_id);
+        let value: Option<String> = redis::cmd("HGET")
+            .arg(keys.owners(mailbox))
+            .arg(device)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        dp_keyspace::Owner::parse(&value?)
+    }
+
+    /// Waits until the device's Ping is claimed by `pod` with another request than `before`.
+    pub async fn wait_parked(
+        &self,
+        mailbox: &str,
+        device_id: &str,
+        pod: &str,
+        before: Option<&dp_keyspace::Owner>,
+    ) -> dp_keyspace::Owner {
+        crate::wait_for(
+            &format!("{device_id}'s Ping to park on {pod}"),
+            std::time::Duration::from_secs(10),
+            || async move {
+                self.owner(mailbox, device_id)
+                    .await
+                    .filter(|o| o.pod == pod && Some(o) != before)
+            },
+        )
+        .await
+    }
+
+    /// Removes what the test left: Redis keys, the JetStream stream, the database.
+    pub async fn cleanup(self) {
+        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_tokio_connection().await {
+                let pattern = dp_keyspace::Keyspace::new(&self.namespace).all_keys_pattern();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+            }
+        }
+        if let Ok(nats) = async_nats::connect(&self.nats_url).await {
+            let js = async_nats::jetstream::new(nats);
+            let stream = dp_proto::events::Subjects::new(&self.namespace).stream();
+            let _ = js.delete_stream(stream).await;
+        }
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database))
+                .execute(&admin)
+                .await;
+        }
+    }
+}

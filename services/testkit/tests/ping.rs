@@ -1,0 +1,160 @@
+//! The Ping protocol across a cluster of real frontends and watchers (issue tests 1-5).
+
+use std::time::{Duration, Instant};
+
+use dp_proto::ping::{PingRequest, PingStatus};
+use dp_testkit::client::ping_body;
+use dp_testkit::{Device, Env, Frontend, Watcher};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// 1. A parked Ping and a change through ingest: Status 2 listing the folder; the next Ping
+///    parks instead of reporting it again (I2).
+#[tokio::test]
+async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
+    let env = Env::new().await;
+    env.account("alice@example.com", "pw-alice").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w1 = Watcher::start(&env, "w1", &[]).await;
+    let _w2 = Watcher::start(&env, "w2", &[]).await;
+
+    let mut phone = Device::new(a.addr, "alice@example.com", "pw-alice", "phone1");
+    let parked = tokio::spawn(async move {
+        let response = phone.ping_within(Some(&ping_body(30, &["5", "6"])), 10 * SECOND).await;
+        (phone, response)
+    });
+    env.wait_parked("alice@example.com", "phone1", "a", None).await;
+    w1.change(&env, "alice@example.com", &["5"]).await;
+    let (mut phone, response) = parked.await.expect("ping task");
+    let answer = response.ping();
+    assert_eq!(answer.status, PingStatus::Changes);
+    assert_eq!(answer.folders, vec!["5".to_owned()]);
+
+    // I2: the next Ping (empty body: cached parameters), on the other pod, parks until its
+    // heartbeat, answering nothing new.
+    phone.move_to(b.addr);
+    let started = Instant::now();
+    let short = PingRequest { heartbeat: Some(2), folders: None };
+    let again = phone.ping_within(Some(&short), 10 * SECOND).await.ping();
+    assert_eq!(again.status, PingStatus::Expired, "folder 5 is not reported twice");
+    assert!(started.elapsed() >= 2 * SECOND - Duration::from_millis(50));
+    assert!(
+        a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0,
+        "the wake latency was measured"
+    );
+    env.cleanup().await;
+}
+
+/// 2. Nothing new: Status 1 at the heartbeat, not before and not (much) after.
+#[tokio::test]
+async fn nothing_new_answers_status_1_at_the_heartbeat() {
+    let env = Env::new().await;
+    env.account("bob", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let mut phone = Device::new(a.addr, "bob", "pw", "p");
+    let started = Instant::now();
+    let response = phone.ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.ping().status, PingStatus::Expired);
+    assert!(elapsed >= 2 * SECOND - Duration::from_millis(50), "answered early: {elapsed:?}");
+    // Android gives up at heartbeat + 5 s; we must be well inside it.
+    assert!(elapsed < 3 * SECOND, "answered late: {elapsed:?}");
+    env.cleanup().await;
+}
+
+/// 3. A change before the Ping, and one between a Status 2 and the next Ping: both answered
+///    at once.
+#[tokio::test]
+async fn changes_made_while_not_parked_are_answered_at_once() {
+    let env = Env::new().await;
+    env.account("carol", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, "carol", "pw", "p");
+
+    // First Ping sets the baseline; it answers at its heartbeat.
+    let first = phone.ping_within(Some(&ping_body(1, &["1", "2"])), 5 * SECOND).await;
+    assert_eq!(first.ping().status, PingStatus::Expired);
+
+    w.change(&env, "carol", &["2"]).await;
+    wait_dispatched(&w).await;
+    let started = Instant::now();
+    let answer = phone.ping_within(Some(&ping_body(30, &["1", "2"])), 5 * SECOND).await.ping();
+    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["2".to_owned()]));
+    assert!(started.elapsed() < 5 * SECOND);
+
+    // Between that Status 2 and the next Ping.
+    w.change(&env, "carol", &["1"]).await;
+    wait_dispatched(&w).await;
+    let answer = phone.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+    env.cleanup().await;
+}
+
+async fn wait_dispatched(w: &Watcher) {
+    dp_testkit::wait_for("the watcher to dispatch", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
+    })
+    .await;
+}
+
+/// 4. An empty Ping on pod B after a full one on pod A reuses A's parameters; an empty Ping
+///    from a device nobody knows is Status 3. Both query forms are one device.
+#[tokio::test]
+async fn empty_ping_reuses_parameters_cached_by_another_pod() {
+    let env = Env::new().await;
+    env.account("dave", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+
+    let mut phone = Device::new(a.addr, "dave", "pw", "v140Device");
+    let first = phone.ping_within(Some(&ping_body(1, &["7"])), 5 * SECOND).await;
+    assert_eq!(first.ping().status, PingStatus::Expired);
+
+    // Same device, other pod, base64 query form, empty body: heartbeat 1 s from the cache.
+    phone.move_to(b.addr);
+    phone.base64_query = true;
+    let started = Instant::now();
+    let second = phone.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!(second.status, PingStatus::Expired);
+    assert!(started.elapsed() < 3 * SECOND, "used the cached 1 s heartbeat");
+
+    let mut stranger = Device::new(b.addr, "dave", "pw", "never-seen");
+    let answer = stranger.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!(answer.status, PingStatus::MissingParameters);
+    env.cleanup().await;
+}
+
+/// 5. A Ping on pod B supersedes the one parked on pod A: A's answers Status 1 within a
+///    second (I3).
+#[tokio::test]
+async fn a_newer_ping_on_another_pod_supersedes_the_parked_one() {
+    let env = Env::new().await;
+    env.account("erin", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+
+    let mut old = Device::new(a.addr, "erin", "pw", "p");
+    let parked = tokio::spawn(async move {
+        let response = old.ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND).await;
+        (Instant::now(), response)
+    });
+    let first_owner = env.wait_parked("erin", "p", "a", None).await;
+
+    let mut new = Device::new(b.addr, "erin", "pw", "p");
+    let newer = tokio::spawn(async move { new.ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND).await });
+    env.wait_parked("erin", "p", "b", Some(&first_owner)).await;
+    let superseded_claim = Instant::now();
+
+    let (answered, response) = parked.await.expect("old ping task");
+    assert_eq!(response.ping().status, PingStatus::Expired);
+    let delay = answered.saturating_duration_since(superseded_claim);
+    assert!(delay < SECOND, "superseded Ping answered after {delay:?}");
+    assert_eq!(newer.await.expect("new ping task").ping().status, PingStatus::Expired);
+    assert!(b.metric("dp_frontend_evictions_sent_total").await >= 1.0);
+    assert!(
+        a.metric("dp_frontend_pings_total{outcome=\"superseded\",status=\"1\"}").await >= 1.0
+    );
+    env.cleanup().await;
+}
