@@ -61,19 +61,34 @@ pub struct WriterConfig {
     pub retention_days: u32,
 }
 
-/// Starts the writer task; it ends when every sink is dropped and the queue is written.
+/// Stops the writer: what is queued is written, then the task ends.
+pub struct WriterHandle {
+    finish: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Writes what is queued and waits for the writer, at most `within`.
+    pub async fn finish(self, within: Duration) {
+        let _ = self.finish.send(());
+        let _ = tokio::time::timeout(within, self.task).await;
+    }
+}
+
+/// Starts the writer task.
 pub fn spawn_writer(
     pool: PgPool,
     config: WriterConfig,
     metrics: HistoryMetrics,
-) -> (HistorySink, tokio::task::JoinHandle<()>) {
+) -> (HistorySink, WriterHandle) {
     let (tx, rx) = mpsc::channel(config.queue.max(1));
+    let (finish, finished) = tokio::sync::oneshot::channel();
     let sink = HistorySink {
         tx,
         metrics: metrics.clone(),
     };
-    let task = tokio::spawn(write_loop(pool, config, metrics, rx));
-    (sink, task)
+    let task = tokio::spawn(write_loop(pool, config, metrics, rx, finished));
+    (sink, WriterHandle { finish, task })
 }
 
 async fn write_loop(
@@ -81,17 +96,40 @@ async fn write_loop(
     config: WriterConfig,
     metrics: HistoryMetrics,
     mut rx: mpsc::Receiver<HistoryRow>,
+    mut finished: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut batch = Vec::with_capacity(config.batch);
     let mut next_maintenance = tokio::time::Instant::now();
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.linger;
-        while batch.len() < config.batch {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(row)) => batch.push(row),
-                Ok(None) | Err(_) => break,
+    let mut finishing = false;
+    loop {
+        if finishing {
+            while batch.len() < config.batch {
+                match rx.try_recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                row = rx.recv() => match row {
+                    Some(row) => batch.push(row),
+                    None => return,
+                },
+                _ = &mut finished => {
+                    finishing = true;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + config.linger;
+            while batch.len() < config.batch {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(row)) => batch.push(row),
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         if tokio::time::Instant::now() >= next_maintenance {

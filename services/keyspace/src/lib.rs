@@ -298,3 +298,26 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
         changed: folder_versions(&reply[4..]),
     })
 }
+
+/// Connects to Redis, retrying every half second until it answers or `give_up` says stop: a
+/// service waits for Redis rather than exiting, and reports not ready meanwhile.
+pub async fn connect(
+    url: &str,
+    give_up: impl Fn() -> bool,
+) -> RedisResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let mut attempt = 0u32;
+    loop {
+        match redis::aio::ConnectionManager::new(client.clone()).await {
+            Ok(manager) => return Ok(manager),
+            Err(err) if give_up() => return Err(err),
+            Err(err) => {
+                if attempt % 10 == 0 {
+                    tracing::warn!(error = %err, "waiting for Redis");
+                }
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

@@ -115,10 +115,9 @@ pub async fn run(
         }));
     }
     if shared.config.dispatch {
-        let redis = redis::Client::open(shared.config.redis_url.as_str()).context("REDIS_URL")?;
-        let redis = redis::aio::ConnectionManager::new(redis)
+        let redis = dp_keyspace::connect(&shared.config.redis_url, || drain.is_signalled())
             .await
-            .context("connecting to Redis")?;
+            .context("REDIS_URL")?;
         let mut consumer = stream
             .get_or_create_consumer(
                 CONSUMER,

@@ -64,26 +64,6 @@ impl Shared {
     }
 }
 
-async fn connect_redis(config: &Config, drain: &Drain) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(config.redis_url.as_str()).context("REDIS_URL")?;
-    let mut attempt = 0u32;
-    loop {
-        match ConnectionManager::new(client.clone()).await {
-            Ok(manager) => return Ok(manager),
-            Err(err) => {
-                if drain.is_signalled() {
-                    anyhow::bail!("shut down before Redis answered");
-                }
-                if attempt % 10 == 0 {
-                    tracing::warn!(error = %err, "waiting for Redis before serving");
-                }
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
 /// Runs a frontend on `listener` (devices) and `admin` until `drain` fires and its parked
 /// Pings are answered.
 pub async fn run(
@@ -98,9 +78,11 @@ pub async fn run(
     if config.migrate_on_start {
         dp_db::migrate(&pool).await?;
     }
-    let (history, history_task) =
+    let (history, history_writer) =
         dp_db::history::spawn_writer(pool.clone(), config.history, metrics.history.clone());
-    let redis = connect_redis(&config, &drain).await?;
+    let redis = dp_keyspace::connect(&config.redis_url, || drain.is_signalled())
+        .await
+        .context("REDIS_URL")?;
     let (nats, nats_events) = cluster::connect(&config.nats_url, &config.pod).await?;
     let start_ms = dp_runtime::now_ms();
     let shared = Arc::new(Shared {
@@ -131,9 +113,8 @@ pub async fn run(
     );
     server::serve(shared.clone(), listener, drain).await;
     let _ = admin_task.await;
-    drop(shared);
-    // The history sink went with the last connection; let the writer flush what it holds.
-    let _ = tokio::time::timeout(Duration::from_secs(5), history_task).await;
+    // Every Ping is answered: write their history, then stop.
+    history_writer.finish(Duration::from_secs(5)).await;
     Ok(())
 }
 

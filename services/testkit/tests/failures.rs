@@ -1,0 +1,172 @@
+//! I1 across failures: a frontend crash, a watcher crash after 202, and a NATS partition
+//! (issue tests 6-8).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dp_proto::ping::PingStatus;
+use dp_testkit::client::{http_get, ping_body};
+use dp_testkit::{wait_for, Device, Env, Frontend, Proxy, Watcher};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn nats_addr(env: &Env) -> SocketAddr {
+    let host = env.nats_url.trim_start_matches("nats://");
+    host.parse().expect("NATS_URL is nats://ip:port")
+}
+
+/// 6. A frontend dies with Pings parked; its devices re-Ping on another pod and hear of the
+///    changes made while they were not parked, and of later ones.
+#[tokio::test]
+async fn frontend_crash_loses_no_change() {
+    let env = Env::new().await;
+    env.account("frank", "pw").await;
+    let mut a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+
+    let ids = ["d1", "d2", "d3", "d4"];
+    let mut parked = Vec::new();
+    for id in ids {
+        let mut device = Device::new(a.addr, "frank", "pw", id);
+        parked.push(tokio::spawn(async move {
+            let result = device.ping(Some(&ping_body(60, &["1", "2"]))).await;
+            (device, result)
+        }));
+        env.wait_parked("frank", id, "a", None).await;
+    }
+    a.kill();
+    let mut devices = Vec::new();
+    for task in parked {
+        let (device, result) = task.await.expect("device task");
+        assert!(result.is_err(), "the connection died with the pod: {result:?}");
+        devices.push(device);
+    }
+
+    // Changed while the devices were not parked anywhere.
+    w.change(&env, "frank", &["1"]).await;
+    wait_for("the change to be dispatched", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
+    })
+    .await;
+    for device in &mut devices {
+        device.move_to(b.addr);
+        let answer = device.ping_within(Some(&ping_body(60, &["1", "2"])), 5 * SECOND).await.ping();
+        assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+    }
+
+    // And a change once they are parked on B.
+    let mut waiting = Vec::new();
+    for mut device in devices {
+        let id = device.device_id.clone();
+        let before = env.owner("frank", &id).await;
+        waiting.push(tokio::spawn(async move { device.ping_within(None, 20 * SECOND).await }));
+        env.wait_parked("frank", &id, "b", before.as_ref()).await;
+    }
+    w.change(&env, "frank", &["2"]).await;
+    for task in waiting {
+        let answer = task.await.expect("device task").ping();
+        assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["2".to_owned()]));
+    }
+    env.cleanup().await;
+}
+
+/// 7. Watchers die after answering 202 (one before it dispatched at all, one while its Redis
+///    was unreachable); a watcher started later delivers every change.
+#[tokio::test]
+async fn watcher_crash_after_202_loses_no_change() {
+    let env = Env::new().await;
+    env.account("grace", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+
+    let mut phone = Device::new(a.addr, "grace", "pw", "p");
+    let parked = tokio::spawn(async move {
+        let response = phone.ping_within(Some(&ping_body(60, &["1", "2"])), 30 * SECOND).await;
+        (phone, response)
+    });
+    env.wait_parked("grace", "p", "a", None).await;
+
+    // An ingest-only watcher accepts the change and dies before anyone dispatched it.
+    let mut ingest_only = Watcher::start(&env, "w1", &[("--roles", "ingest")]).await;
+    ingest_only.change(&env, "grace", &["1"]).await;
+    ingest_only.kill();
+
+    // A dispatching watcher that cannot reach Redis takes it, fails, and dies.
+    let redis: SocketAddr = env
+        .redis_url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("REDIS_URL is redis://ip:port");
+    let redis_proxy = Proxy::start(redis).await;
+    let broken_redis = format!("redis://{}", redis_proxy.addr);
+    let mut broken = Watcher::start(&env, "w2", &[("--redis-url", &broken_redis)]).await;
+    redis_proxy.cut();
+    broken.change(&env, "grace", &["2"]).await;
+    wait_for("the broken watcher to fail a dispatch", 20 * SECOND, || async {
+        (broken.metric("dp_watcher_dispatch_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    broken.kill();
+    assert!(
+        env.owner("grace", "p").await.is_some(),
+        "the device is still parked, unwoken"
+    );
+
+    let w3 = Watcher::start(&env, "w3", &[]).await;
+    let (mut phone, response) = parked.await.expect("device task");
+    let first = response.ping();
+    assert_eq!(first.status, PingStatus::Changes);
+    let mut heard: Vec<String> = first.folders;
+    if heard.len() < 2 {
+        // The two changes may reach the device in one answer or two.
+        let next = phone.ping_within(None, 20 * SECOND).await.ping();
+        assert_eq!(next.status, PingStatus::Changes);
+        heard.extend(next.folders);
+    }
+    heard.sort();
+    assert_eq!(heard, vec!["1".to_owned(), "2".to_owned()]);
+    // w2 may have dispatched change 1 before its Redis was cut; change 2 it failed, so w3
+    // delivered it (the device is woken before the watcher acknowledges; the ack follows).
+    wait_for("the restarted watcher to acknowledge the failed change", 10 * SECOND, || async {
+        (w3.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+/// 8. A pod's NATS connection is cut and restored; a change made during the cut (whose wake
+///    NATS drops, since the pod is not subscribed) still reaches the parked device.
+#[tokio::test]
+async fn nats_partition_loses_no_change() {
+    let env = Env::new().await;
+    env.account("heidi", "pw").await;
+    let proxy = Proxy::start(nats_addr(&env)).await;
+    let nats_via_proxy = format!("nats://{}", proxy.addr);
+    let a = Frontend::start(&env, "a", &[("--nats-url", &nats_via_proxy)]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+
+    let mut phone = Device::new(a.addr, "heidi", "pw", "p");
+    let parked = tokio::spawn(async move {
+        phone.ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND).await
+    });
+    env.wait_parked("heidi", "p", "a", None).await;
+
+    proxy.cut();
+    let admin = a.admin;
+    wait_for("the pod to notice the partition", 20 * SECOND, || async move {
+        let ready = http_get(admin, "/readyz").await.ok()?;
+        (ready.status == 503 && ready.text().contains("NATS")).then_some(())
+    })
+    .await;
+    w.change(&env, "heidi", &["1"]).await;
+    wait_for("the change to be dispatched", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
+    })
+    .await;
+    proxy.restore();
+
+    let answer = parked.await.expect("device task").ping();
+    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+    assert!(a.metric("dp_frontend_nats_reconnects_total").await >= 1.0);
+    env.cleanup().await;
+}
