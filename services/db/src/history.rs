@@ -173,16 +173,36 @@ async fn insert(pool: &PgPool, rows: &[HistoryRow]) -> Result<(), sqlx::Error> {
     .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.mailbox.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.pod.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.request_id as i64).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.requested_heartbeat.map(|h| h as i32)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.effective_heartbeat.map(|h| h as i32)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.requested_heartbeat.map(|h| h as i32))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.effective_heartbeat.map(|h| h as i32))
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.outcome).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.map(i16::from)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.status.map(i16::from))
+            .collect::<Vec<_>>(),
+    )
     // Arrays of arrays must be rectangular in PostgreSQL; folder lists are joined with the unit
     // separator, which a folder id (no control characters) cannot hold.
-    .bind(rows.iter().map(|r| r.changed_folders.join("\u{1f}")).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.changed_folders.join("\u{1f}"))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
     upsert_devices(&mut tx, rows).await?;
@@ -222,12 +242,28 @@ async fn upsert_devices(
              heartbeat_limit = GREATEST(d.heartbeat_limit, EXCLUDED.heartbeat_limit)",
     )
     .bind(rows.iter().map(|r| r.mailbox.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.device_type.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.device_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|r| r.started_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.ended_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.protocol_version.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.user_agent.as_deref()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.protocol_version.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.user_agent.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(limit).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
@@ -253,7 +289,11 @@ pub async fn maintain_partitions(pool: &PgPool, retention_days: Option<u32>) -> 
                 .fetch_one(&mut *conn)
                 .await?;
             if dropped > 0 {
-                tracing::info!(partitions = dropped, retention_days = days, "old history dropped");
+                tracing::info!(
+                    partitions = dropped,
+                    retention_days = days,
+                    "old history dropped"
+                );
             }
         }
         Ok::<_, sqlx::Error>(())

@@ -88,11 +88,17 @@ fn addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
 impl WatcherArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
         if !valid_namespace(&self.namespace) {
-            return Err(ConfigError::new("DP_NAMESPACE", "1-64 letters, digits, '-' or '_'"));
+            return Err(ConfigError::new(
+                "DP_NAMESPACE",
+                "1-64 letters, digits, '-' or '_'",
+            ));
         }
         let pod = self.pod_name.unwrap_or_else(dp_runtime::host_name);
         if !dp_runtime::valid_pod_name(&pod) {
-            return Err(ConfigError::new("POD_NAME", format!("{pod:?} is not a usable name")));
+            return Err(ConfigError::new(
+                "POD_NAME",
+                format!("{pod:?} is not a usable name"),
+            ));
         }
         let (mut ingest, mut dispatch) = (false, false);
         for role in self.roles.split(',').map(str::trim) {
@@ -114,10 +120,18 @@ impl WatcherArgs {
             ));
         }
         let mut wake_on = HashSet::new();
-        for kind in self.wake_on.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        for kind in self
+            .wake_on
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
             let parsed: ChangeKind = serde_json::from_value(serde_json::Value::String(kind.into()))
                 .map_err(|_| {
-                    ConfigError::new("WAKE_ON", format!("{kind:?} is not added, modified or removed"))
+                    ConfigError::new(
+                        "WAKE_ON",
+                        format!("{kind:?} is not added, modified or removed"),
+                    )
                 })?;
             wake_on.insert(parsed);
         }

@@ -75,8 +75,12 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
                 continue;
             }
         };
-        let accepted = change.accepted_at_us.unwrap_or_else(|| published_us(&message));
-        let group = groups.entry(canonical_mailbox(&change.mailbox)).or_default();
+        let accepted = change
+            .accepted_at_us
+            .unwrap_or_else(|| published_us(&message));
+        let group = groups
+            .entry(canonical_mailbox(&change.mailbox))
+            .or_default();
         group.folders.extend(change.folders);
         group.wake |= shared.config.wake_on.contains(&change.kind);
         group.accepted_at_us = if group.messages.is_empty() {
@@ -94,7 +98,9 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
                 shared.metrics.dispatch_errors.inc();
                 tracing::warn!(%mailbox, error = %err, "dispatch failed; the changes will be redelivered");
                 for message in group.messages {
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
             }
         }

@@ -36,7 +36,9 @@ fn answer(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Respons
     shared
         .metrics
         .ingest_requests
-        .get_or_create(&CodeLabels { code: code.as_u16() })
+        .get_or_create(&CodeLabels {
+            code: code.as_u16(),
+        })
         .inc();
     (code, Json(body)).into_response()
 }
@@ -56,10 +58,15 @@ async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         _ => false,
     };
     if !authorised {
-        let mut response = answer(&shared, StatusCode::UNAUTHORIZED, json!({"error": "a valid bearer token is required"}));
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        let mut response = answer(
+            &shared,
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "a valid bearer token is required"}),
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
         return response;
     }
     let changes = match parse(&body, shared.config.max_batch) {
@@ -72,7 +79,11 @@ async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     match publish(&shared, changes).await {
         Ok(accepted) => {
             shared.metrics.changes_accepted.inc_by(accepted as u64);
-            answer(&shared, StatusCode::ACCEPTED, json!({ "accepted": accepted }))
+            answer(
+                &shared,
+                StatusCode::ACCEPTED,
+                json!({ "accepted": accepted }),
+            )
         }
         Err(reason) => {
             tracing::warn!(%reason, "changes not made durable; answering 503");
@@ -101,7 +112,10 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
         return Err("empty batch".into());
     }
     if items.len() > max_batch {
-        return Err(format!("batch of {} is over the limit of {max_batch}", items.len()));
+        return Err(format!(
+            "batch of {} is over the limit of {max_batch}",
+            items.len()
+        ));
     }
     items
         .into_iter()
@@ -152,10 +166,15 @@ mod tests {
         assert_eq!(two.len(), 2);
         assert!(parse(b"[]", 10).is_err());
         assert!(parse(b"{", 10).unwrap_err().contains("not JSON"));
-        assert!(parse(br#"{"mailbox":"","folders":["1"]}"#, 10).unwrap_err().contains("change 0"));
-        assert!(parse(br#"[{"mailbox":"a","folders":["1"]},{"mailbox":"a","folders":["1"]}]"#, 1)
+        assert!(parse(br#"{"mailbox":"","folders":["1"]}"#, 10)
             .unwrap_err()
-            .contains("over the limit"));
+            .contains("change 0"));
+        assert!(parse(
+            br#"[{"mailbox":"a","folders":["1"]},{"mailbox":"a","folders":["1"]}]"#,
+            1
+        )
+        .unwrap_err()
+        .contains("over the limit"));
         assert!(token_matches("abcdefghijklmnop", "abcdefghijklmnop"));
         assert!(!token_matches("abcdefghijklmnop", "abcdefghijklmnoq"));
     }

@@ -75,7 +75,9 @@ pub async fn run(
         .name(format!("mailbox-watcher/{}", config.pod))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(2000)))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(2000))
+        })
         .connect(&config.nats_url)
         .await
         .context("NATS_URL")?;

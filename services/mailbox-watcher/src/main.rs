@@ -7,7 +7,11 @@ use dp_runtime::{logging, shutdown, EXIT_CONFIG};
 use mailbox_watcher::WatcherArgs;
 
 #[derive(Parser)]
-#[command(name = "mailbox-watcher", version, about = "directpush's mailbox watcher")]
+#[command(
+    name = "mailbox-watcher",
+    version,
+    about = "directpush's mailbox watcher"
+)]
 struct Cli {
     #[command(flatten)]
     args: WatcherArgs,

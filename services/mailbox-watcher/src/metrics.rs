@@ -36,14 +36,46 @@ impl Metrics {
             pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_watcher");
-        r.register("ingest_requests", "Ingest API requests by HTTP code", metrics.ingest_requests.clone());
-        r.register("changes_accepted", "Changes made durable by the ingest API", metrics.changes_accepted.clone());
-        r.register("changes_dispatched", "Changes bumped and woken, then acknowledged", metrics.changes_dispatched.clone());
-        r.register("changes_invalid", "Stream messages that were not valid changes (dropped)", metrics.changes_invalid.clone());
-        r.register("wakes_sent", "Wake messages published to pods", metrics.wakes_sent.clone());
-        r.register("dispatch_errors", "Dispatch batches that failed and will be redelivered", metrics.dispatch_errors.clone());
-        r.register("dispatch_lag_seconds", "From a change's acceptance to its dispatch", metrics.dispatch_lag.clone());
-        r.register("jetstream_pending", "Changes in the stream not yet delivered to a watcher", metrics.pending.clone());
+        r.register(
+            "ingest_requests",
+            "Ingest API requests by HTTP code",
+            metrics.ingest_requests.clone(),
+        );
+        r.register(
+            "changes_accepted",
+            "Changes made durable by the ingest API",
+            metrics.changes_accepted.clone(),
+        );
+        r.register(
+            "changes_dispatched",
+            "Changes bumped and woken, then acknowledged",
+            metrics.changes_dispatched.clone(),
+        );
+        r.register(
+            "changes_invalid",
+            "Stream messages that were not valid changes (dropped)",
+            metrics.changes_invalid.clone(),
+        );
+        r.register(
+            "wakes_sent",
+            "Wake messages published to pods",
+            metrics.wakes_sent.clone(),
+        );
+        r.register(
+            "dispatch_errors",
+            "Dispatch batches that failed and will be redelivered",
+            metrics.dispatch_errors.clone(),
+        );
+        r.register(
+            "dispatch_lag_seconds",
+            "From a change's acceptance to its dispatch",
+            metrics.dispatch_lag.clone(),
+        );
+        r.register(
+            "jetstream_pending",
+            "Changes in the stream not yet delivered to a watcher",
+            metrics.pending.clone(),
+        );
         metrics
     }
 }

@@ -101,11 +101,10 @@ impl Auth {
             None => (decoy_hash().to_owned(), false),
         };
         let permit = self.verifications.acquire().await;
-        let matches = tokio::task::spawn_blocking(move || {
-            dp_db::accounts::verify_password(&hash, &password)
-        })
-        .await
-        .unwrap_or(false);
+        let matches =
+            tokio::task::spawn_blocking(move || dp_db::accounts::verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
         drop(permit);
         if !(matches && usable) {
             count("rejected");

@@ -42,9 +42,18 @@ pub async fn connect(
 
 /// Subscribes to the pod's subjects and waits until the server has them: only then may the
 /// pod serve (ARCHITECTURE.md section 3).
-pub async fn subscribe(shared: &Arc<Shared>, drain: &dp_runtime::shutdown::Drain) -> anyhow::Result<()> {
-    let mut wakes = shared.nats.subscribe(shared.subjects.wake(&shared.config.pod)).await?;
-    let mut evicts = shared.nats.subscribe(shared.subjects.evict(&shared.config.pod)).await?;
+pub async fn subscribe(
+    shared: &Arc<Shared>,
+    drain: &dp_runtime::shutdown::Drain,
+) -> anyhow::Result<()> {
+    let mut wakes = shared
+        .nats
+        .subscribe(shared.subjects.wake(&shared.config.pod))
+        .await?;
+    let mut evicts = shared
+        .nats
+        .subscribe(shared.subjects.evict(&shared.config.pod))
+        .await?;
     let s = shared.clone();
     tokio::spawn(async move {
         while let Some(message) = wakes.next().await {
@@ -94,9 +103,9 @@ fn on_wake(shared: &Shared, payload: &[u8]) {
 fn on_evict(shared: &Shared, payload: &[u8]) {
     match serde_json::from_slice::<EvictEvent>(payload) {
         Ok(evict) => {
-            shared
-                .parked
-                .tell(&evict.device, evict.request, |s| s.end = Some(End::Superseded));
+            shared.parked.tell(&evict.device, evict.request, |s| {
+                s.end = Some(End::Superseded)
+            });
         }
         Err(err) => tracing::warn!(error = %err, "evict event ignored: not an EvictEvent"),
     }
@@ -118,10 +127,15 @@ pub fn watch_connection(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
                         tracing::warn!(error = %err, "NATS flush after reconnect failed");
                     }
                     let parked = shared.parked.tell_all(|s| s.recheck = true);
-                    tracing::info!(parked, "NATS connected; parked Pings re-check for missed changes");
+                    tracing::info!(
+                        parked,
+                        "NATS connected; parked Pings re-check for missed changes"
+                    );
                 }
                 Event::Disconnected => {
-                    tracing::warn!("NATS disconnected; wakes for this pod are lost until it reconnects")
+                    tracing::warn!(
+                        "NATS disconnected; wakes for this pod are lost until it reconnects"
+                    )
                 }
                 other => tracing::info!(event = %other, "NATS event"),
             }

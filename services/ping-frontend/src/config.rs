@@ -21,7 +21,11 @@ pub struct FrontendArgs {
     pub nats_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/directpush")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/directpush"
+    )]
     pub database_url: String,
     /// Prefix of every Redis key, NATS subject and JetStream stream.
     #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
@@ -136,7 +140,10 @@ impl FrontendArgs {
         if self.min_heartbeat == 0 || self.min_heartbeat > self.max_heartbeat {
             return Err(ConfigError::new(
                 "MIN_HEARTBEAT",
-                format!("must be between 1 and MAX_HEARTBEAT ({})", self.max_heartbeat),
+                format!(
+                    "must be between 1 and MAX_HEARTBEAT ({})",
+                    self.max_heartbeat
+                ),
             ));
         }
         positive("MAX_FOLDERS", self.max_folders as u64)?;

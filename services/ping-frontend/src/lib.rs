@@ -133,7 +133,10 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
             let mut redis = shared.redis.clone();
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut redis);
-            if !matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Ok(_))) {
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(1), ping).await,
+                Ok(Ok(_))
+            ) {
                 problems.push("Redis not answering");
             }
             if problems.is_empty() {

@@ -53,20 +53,52 @@ impl Metrics {
             history: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_frontend");
-        r.register("parked_pings", "Pings parked on this pod now", metrics.parked.clone());
-        r.register("connections", "Open device connections", metrics.connections.clone());
-        r.register("pings", "Finished Pings by outcome and status", metrics.pings.clone());
+        r.register(
+            "parked_pings",
+            "Pings parked on this pod now",
+            metrics.parked.clone(),
+        );
+        r.register(
+            "connections",
+            "Open device connections",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "pings",
+            "Finished Pings by outcome and status",
+            metrics.pings.clone(),
+        );
         r.register(
             "wake_latency_seconds",
             "From a change's acceptance to its Status 2 written",
             metrics.wake_latency.clone(),
         );
-        r.register("http_responses", "HTTP responses by code", metrics.http_responses.clone());
+        r.register(
+            "http_responses",
+            "HTTP responses by code",
+            metrics.http_responses.clone(),
+        );
         r.register("auth", "Authentications by result", metrics.auth.clone());
-        r.register("redis_errors", "Redis calls that failed or timed out", metrics.redis_errors.clone());
-        r.register("nats_reconnects", "NATS reconnections", metrics.nats_reconnects.clone());
-        r.register("evictions_sent", "Superseded Pings evicted on other pods", metrics.evictions_sent.clone());
-        r.register("history_rows_written", "Heartbeat history rows written", metrics.history.written.clone());
+        r.register(
+            "redis_errors",
+            "Redis calls that failed or timed out",
+            metrics.redis_errors.clone(),
+        );
+        r.register(
+            "nats_reconnects",
+            "NATS reconnections",
+            metrics.nats_reconnects.clone(),
+        );
+        r.register(
+            "evictions_sent",
+            "Superseded Pings evicted on other pods",
+            metrics.evictions_sent.clone(),
+        );
+        r.register(
+            "history_rows_written",
+            "Heartbeat history rows written",
+            metrics.history.written.clone(),
+        );
         r.register(
             "history_rows_dropped",
             "Heartbeat history rows dropped (queue full or database unavailable)",

@@ -42,7 +42,9 @@ pub struct Slot {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Slot {
@@ -157,7 +159,10 @@ mod tests {
         let parked = Parked::default();
         let slot = parked.register("d", 1);
         assert!(parked.tell("d", 1, |s| s.recheck = true));
-        assert!(!parked.tell("d", 2, |s| s.recheck = true), "another request");
+        assert!(
+            !parked.tell("d", 2, |s| s.recheck = true),
+            "another request"
+        );
         let signals = slot.next().await;
         assert!(signals.recheck);
     }
@@ -169,7 +174,11 @@ mod tests {
         let _new = parked.register("d", 2);
         assert_eq!(old.next().await.end, Some(End::Superseded));
         parked.remove("d", 1);
-        assert_eq!(parked.len(), 1, "removing the old request leaves the new one");
+        assert_eq!(
+            parked.len(),
+            1,
+            "removing the old request leaves the new one"
+        );
         parked.remove("d", 2);
         assert!(parked.is_empty());
     }

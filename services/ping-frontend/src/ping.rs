@@ -147,7 +147,11 @@ async fn answer(
     keep_alive: bool,
 ) -> std::io::Result<bool> {
     let status = finished.response.status.code();
-    count(shared, finished.outcome, STATUS_LABELS[usize::from(status).min(8)]);
+    count(
+        shared,
+        finished.outcome,
+        STATUS_LABELS[usize::from(status).min(8)],
+    );
     shared.count_http(200);
     stream
         .write_all(&response::wbxml(&finished.response.encode(), keep_alive))
@@ -207,24 +211,39 @@ async fn park(
     let owner = Owner {
         pod: shared.config.pod.clone(),
         request: request_id,
-        expiry_ms: dp_runtime::now_ms() + u64::from(longest) * 1000 + OWNER_GRACE.as_millis() as u64,
+        expiry_ms: dp_runtime::now_ms()
+            + u64::from(longest) * 1000
+            + OWNER_GRACE.as_millis() as u64,
     };
     let mut redis = shared.redis.clone();
     let claim = shared.store.claim(&mut redis, device, &owner, ping);
-    let (heartbeat, folders, changed) = match tokio::time::timeout(shared.config.redis_timeout, claim).await {
-        Ok(Ok(Claim::MissingParameters)) => {
-            return Ok(Finished::new(PingResponse::missing_parameters(), "rejected"))
-        }
-        Ok(Ok(Claim::Claimed { previous, heartbeat, folders, changed })) => {
-            if let Some(previous) = previous {
-                evict(shared, device.key, &previous, request_id).await;
+    let (heartbeat, folders, changed) =
+        match tokio::time::timeout(shared.config.redis_timeout, claim).await {
+            Ok(Ok(Claim::MissingParameters)) => {
+                return Ok(Finished::new(
+                    PingResponse::missing_parameters(),
+                    "rejected",
+                ))
             }
-            // A cached heartbeat may predate today's limits.
-            (heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat), folders, changed)
-        }
-        Ok(Err(err)) => return Ok(redis_failed(shared, device, &err.to_string())),
-        Err(_) => return Ok(redis_failed(shared, device, "timed out")),
-    };
+            Ok(Ok(Claim::Claimed {
+                previous,
+                heartbeat,
+                folders,
+                changed,
+            })) => {
+                if let Some(previous) = previous {
+                    evict(shared, device.key, &previous, request_id).await;
+                }
+                // A cached heartbeat may predate today's limits.
+                (
+                    heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat),
+                    folders,
+                    changed,
+                )
+            }
+            Ok(Err(err)) => return Ok(redis_failed(shared, device, &err.to_string())),
+            Err(_) => return Ok(redis_failed(shared, device, "timed out")),
+        };
     let with_heartbeat = |mut finished: Finished| {
         finished.heartbeat = Some(heartbeat);
         finished

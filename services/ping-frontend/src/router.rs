@@ -76,7 +76,14 @@ async fn post(
     if let Some(user) = &query.user {
         if dp_proto::ids::canonical_mailbox(user) != mailbox {
             tracing::info!(%mailbox, "request refused: credentials are not for the User parameter");
-            return refuse(shared, stream, 403, "credentials do not belong to User", &[]).await;
+            return refuse(
+                shared,
+                stream,
+                403,
+                "credentials do not belong to User",
+                &[],
+            )
+            .await;
         }
     }
     if query.command != Command::Ping {

@@ -37,7 +37,10 @@ pub fn router(registry: Arc<Registry>, ready: ReadinessCheck) -> Router {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match (state.ready)().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reasons}\n")),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reasons}\n"),
+        ),
     }
 }
 
@@ -45,11 +48,18 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut text = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         tracing::error!(error = %err, "metrics could not be encoded");
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::new());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         text,
     )
 }

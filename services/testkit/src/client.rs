@@ -35,7 +35,10 @@ impl HttpResponse {
 }
 
 /// Reads one response; `buf` keeps bytes past it.
-pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<HttpResponse> {
+pub async fn read_response(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<HttpResponse> {
     loop {
         let mut headers = [httparse_header(); 64];
         let mut parsed = httparse::Response::new(&mut headers);
@@ -44,7 +47,12 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io
             let headers: Vec<(String, String)> = parsed
                 .headers
                 .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             let length: usize = headers
                 .iter()
@@ -58,7 +66,11 @@ pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io
             }
             let body = buf[head..head + length].to_vec();
             buf.drain(..head + length);
-            return Ok(HttpResponse { status, headers, body });
+            return Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            });
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -79,7 +91,11 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpRespon
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-    raw(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes()).await
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
 }
 
 pub async fn post_json(
@@ -171,6 +187,11 @@ impl Device {
     /// The bytes of a Ping request with `body` (`None`: an empty body).
     pub fn ping_request(&self, body: Option<&PingRequest>) -> Vec<u8> {
         let body = body.map_or(Vec::new(), |b| b.encode().expect("encodes"));
+        self.ping_request_with(&body)
+    }
+
+    /// The bytes of a Ping request carrying `body` as it is, valid or not.
+    pub fn ping_request_with(&self, body: &[u8]) -> Vec<u8> {
         let credentials = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", self.user, self.password));
         let mut request = format!(
@@ -178,11 +199,15 @@ impl Device {
              Authorization: Basic {credentials}\r\nMS-ASProtocolVersion: 14.1\r\n\
              User-Agent: dp-testkit\r\n{}Content-Length: {}\r\n\r\n",
             self.query(),
-            if body.is_empty() { "" } else { "Content-Type: application/vnd.ms-sync.wbxml\r\n" },
+            if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/vnd.ms-sync.wbxml\r\n"
+            },
             body.len()
         )
         .into_bytes();
-        request.extend_from_slice(&body);
+        request.extend_from_slice(body);
         request
     }
 
@@ -207,7 +232,11 @@ impl Device {
         }
         .await;
         match &result {
-            Ok(response) if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) => {
+            Ok(response)
+                if response
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
                 self.stream = None;
             }
             Err(_) => self.stream = None,
@@ -217,7 +246,11 @@ impl Device {
     }
 
     /// Like [`ping`](Self::ping), failing the test if no answer comes within `within`.
-    pub async fn ping_within(&mut self, body: Option<&PingRequest>, within: Duration) -> HttpResponse {
+    pub async fn ping_within(
+        &mut self,
+        body: Option<&PingRequest>,
+        within: Duration,
+    ) -> HttpResponse {
         tokio::time::timeout(within, self.ping(body))
             .await
             .unwrap_or_else(|_| panic!("no answer to {}'s Ping within {within:?}", self.device_id))

@@ -31,7 +31,10 @@ impl Env {
             std::process::id(),
             SEQUENCE.fetch_add(1, Ordering::Relaxed)
         );
-        let admin_url = var("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+        let admin_url = var(
+            "TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        );
         let database = format!("dp_{namespace}");
         let admin = PgPool::connect(&admin_url)
             .await
@@ -41,9 +44,13 @@ impl Env {
             .await
             .expect("creates the test database");
         admin.close().await;
-        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
         let database_url = format!("{base}/{database}");
-        let pool = PgPool::connect(&database_url).await.expect("connects to the test database");
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connects to the test database");
         dp_db::migrate(&pool).await.expect("migrations apply");
         Env {
             namespace,
@@ -130,9 +137,12 @@ impl Env {
         }
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database))
-                .execute(&admin)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database
+            ))
+            .execute(&admin)
+            .await;
         }
     }
 }

@@ -110,12 +110,16 @@ fn args(program: &str, defaults: Vec<(&str, String)>, overrides: &[(&str, &str)]
 }
 
 async fn wait_ready(admin: SocketAddr, what: &str) {
-    wait_for(&format!("{what} to report ready"), Duration::from_secs(20), || async move {
-        match http_get(admin, "/readyz").await {
-            Ok(response) if response.status == 200 => Some(()),
-            _ => None,
-        }
-    })
+    wait_for(
+        &format!("{what} to report ready"),
+        Duration::from_secs(20),
+        || async move {
+            match http_get(admin, "/readyz").await {
+                Ok(response) if response.status == 200 => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await
 }
 
@@ -125,7 +129,11 @@ pub fn sample(page: &str, series: &str) -> f64 {
     page.lines()
         .find_map(|line| {
             let rest = line.strip_prefix(series)?;
-            rest.strip_prefix(' ')?.split_whitespace().next()?.parse().ok()
+            rest.strip_prefix(' ')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
         })
         .unwrap_or(0.0)
 }
@@ -196,7 +204,9 @@ impl Frontend {
     }
 
     pub async fn metrics(&self) -> String {
-        let response = http_get(self.admin, "/metrics").await.expect("metrics answer");
+        let response = http_get(self.admin, "/metrics")
+            .await
+            .expect("metrics answer");
         String::from_utf8_lossy(&response.body).into_owned()
     }
 
@@ -268,7 +278,9 @@ impl Watcher {
     }
 
     pub async fn metric(&self, series: &str) -> f64 {
-        let response = http_get(self.admin, "/metrics").await.expect("metrics answer");
+        let response = http_get(self.admin, "/metrics")
+            .await
+            .expect("metrics answer");
         sample(&String::from_utf8_lossy(&response.body), series)
     }
 
@@ -282,7 +294,10 @@ impl Watcher {
     /// One `added` change of `folders` in `mailbox`, which must be accepted.
     pub async fn change(&self, env: &Env, mailbox: &str, folders: &[&str]) {
         let response = self
-            .ingest(env, &serde_json::json!({"mailbox": mailbox, "folders": folders}))
+            .ingest(
+                env,
+                &serde_json::json!({"mailbox": mailbox, "folders": folders}),
+            )
             .await;
         assert_eq!(response.status, 202, "change accepted: {}", response.text());
     }

@@ -39,7 +39,10 @@ async fn frontend_crash_loses_no_change() {
     let mut devices = Vec::new();
     for task in parked {
         let (device, result) = task.await.expect("device task");
-        assert!(result.is_err(), "the connection died with the pod: {result:?}");
+        assert!(
+            result.is_err(),
+            "the connection died with the pod: {result:?}"
+        );
         devices.push(device);
     }
 
@@ -51,8 +54,14 @@ async fn frontend_crash_loses_no_change() {
     .await;
     for device in &mut devices {
         device.move_to(b.addr);
-        let answer = device.ping_within(Some(&ping_body(60, &["1", "2"])), 5 * SECOND).await.ping();
-        assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+        let answer = device
+            .ping_within(Some(&ping_body(60, &["1", "2"])), 5 * SECOND)
+            .await
+            .ping();
+        assert_eq!(
+            (answer.status, answer.folders),
+            (PingStatus::Changes, vec!["1".to_owned()])
+        );
     }
 
     // And a change once they are parked on B.
@@ -60,13 +69,18 @@ async fn frontend_crash_loses_no_change() {
     for mut device in devices {
         let id = device.device_id.clone();
         let before = env.owner("frank", &id).await;
-        waiting.push(tokio::spawn(async move { device.ping_within(None, 20 * SECOND).await }));
+        waiting.push(tokio::spawn(async move {
+            device.ping_within(None, 20 * SECOND).await
+        }));
         env.wait_parked("frank", &id, "b", before.as_ref()).await;
     }
     w.change(&env, "frank", &["2"]).await;
     for task in waiting {
         let answer = task.await.expect("device task").ping();
-        assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["2".to_owned()]));
+        assert_eq!(
+            (answer.status, answer.folders),
+            (PingStatus::Changes, vec!["2".to_owned()])
+        );
     }
     env.cleanup().await;
 }
@@ -81,7 +95,9 @@ async fn watcher_crash_after_202_loses_no_change() {
 
     let mut phone = Device::new(a.addr, "grace", "pw", "p");
     let parked = tokio::spawn(async move {
-        let response = phone.ping_within(Some(&ping_body(60, &["1", "2"])), 30 * SECOND).await;
+        let response = phone
+            .ping_within(Some(&ping_body(60, &["1", "2"])), 30 * SECOND)
+            .await;
         (phone, response)
     });
     env.wait_parked("grace", "p", "a", None).await;
@@ -102,9 +118,11 @@ async fn watcher_crash_after_202_loses_no_change() {
     let mut broken = Watcher::start(&env, "w2", &[("--redis-url", &broken_redis)]).await;
     redis_proxy.cut();
     broken.change(&env, "grace", &["2"]).await;
-    wait_for("the broken watcher to fail a dispatch", 20 * SECOND, || async {
-        (broken.metric("dp_watcher_dispatch_errors_total").await >= 1.0).then_some(())
-    })
+    wait_for(
+        "the broken watcher to fail a dispatch",
+        20 * SECOND,
+        || async { (broken.metric("dp_watcher_dispatch_errors_total").await >= 1.0).then_some(()) },
+    )
     .await;
     broken.kill();
     assert!(
@@ -127,9 +145,11 @@ async fn watcher_crash_after_202_loses_no_change() {
     assert_eq!(heard, vec!["1".to_owned(), "2".to_owned()]);
     // w2 may have dispatched change 1 before its Redis was cut; change 2 it failed, so w3
     // delivered it (the device is woken before the watcher acknowledges; the ack follows).
-    wait_for("the restarted watcher to acknowledge the failed change", 10 * SECOND, || async {
-        (w3.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
-    })
+    wait_for(
+        "the restarted watcher to acknowledge the failed change",
+        10 * SECOND,
+        || async { (w3.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(()) },
+    )
     .await;
     env.cleanup().await;
 }
@@ -147,16 +167,22 @@ async fn nats_partition_loses_no_change() {
 
     let mut phone = Device::new(a.addr, "heidi", "pw", "p");
     let parked = tokio::spawn(async move {
-        phone.ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND).await
+        phone
+            .ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND)
+            .await
     });
     env.wait_parked("heidi", "p", "a", None).await;
 
     proxy.cut();
     let admin = a.admin;
-    wait_for("the pod to notice the partition", 20 * SECOND, || async move {
-        let ready = http_get(admin, "/readyz").await.ok()?;
-        (ready.status == 503 && ready.text().contains("NATS")).then_some(())
-    })
+    wait_for(
+        "the pod to notice the partition",
+        20 * SECOND,
+        || async move {
+            let ready = http_get(admin, "/readyz").await.ok()?;
+            (ready.status == 503 && ready.text().contains("NATS")).then_some(())
+        },
+    )
     .await;
     w.change(&env, "heidi", &["1"]).await;
     wait_for("the change to be dispatched", 10 * SECOND, || async {
@@ -166,7 +192,10 @@ async fn nats_partition_loses_no_change() {
     proxy.restore();
 
     let answer = parked.await.expect("device task").ping();
-    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["1".to_owned()])
+    );
     assert!(a.metric("dp_frontend_nats_reconnects_total").await >= 1.0);
     env.cleanup().await;
 }

@@ -21,10 +21,13 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
 
     let mut phone = Device::new(a.addr, "alice@example.com", "pw-alice", "phone1");
     let parked = tokio::spawn(async move {
-        let response = phone.ping_within(Some(&ping_body(30, &["5", "6"])), 10 * SECOND).await;
+        let response = phone
+            .ping_within(Some(&ping_body(30, &["5", "6"])), 10 * SECOND)
+            .await;
         (phone, response)
     });
-    env.wait_parked("alice@example.com", "phone1", "a", None).await;
+    env.wait_parked("alice@example.com", "phone1", "a", None)
+        .await;
     w1.change(&env, "alice@example.com", &["5"]).await;
     let (mut phone, response) = parked.await.expect("ping task");
     let answer = response.ping();
@@ -35,9 +38,16 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
     // heartbeat, answering nothing new.
     phone.move_to(b.addr);
     let started = Instant::now();
-    let short = PingRequest { heartbeat: Some(2), folders: None };
+    let short = PingRequest {
+        heartbeat: Some(2),
+        folders: None,
+    };
     let again = phone.ping_within(Some(&short), 10 * SECOND).await.ping();
-    assert_eq!(again.status, PingStatus::Expired, "folder 5 is not reported twice");
+    assert_eq!(
+        again.status,
+        PingStatus::Expired,
+        "folder 5 is not reported twice"
+    );
     assert!(started.elapsed() >= 2 * SECOND - Duration::from_millis(50));
     assert!(
         a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0,
@@ -54,10 +64,15 @@ async fn nothing_new_answers_status_1_at_the_heartbeat() {
     let a = Frontend::start(&env, "a", &[]).await;
     let mut phone = Device::new(a.addr, "bob", "pw", "p");
     let started = Instant::now();
-    let response = phone.ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND).await;
+    let response = phone
+        .ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND)
+        .await;
     let elapsed = started.elapsed();
     assert_eq!(response.ping().status, PingStatus::Expired);
-    assert!(elapsed >= 2 * SECOND - Duration::from_millis(50), "answered early: {elapsed:?}");
+    assert!(
+        elapsed >= 2 * SECOND - Duration::from_millis(50),
+        "answered early: {elapsed:?}"
+    );
     // Android gives up at heartbeat + 5 s; we must be well inside it.
     assert!(elapsed < 3 * SECOND, "answered late: {elapsed:?}");
     env.cleanup().await;
@@ -74,21 +89,32 @@ async fn changes_made_while_not_parked_are_answered_at_once() {
     let mut phone = Device::new(a.addr, "carol", "pw", "p");
 
     // First Ping sets the baseline; it answers at its heartbeat.
-    let first = phone.ping_within(Some(&ping_body(1, &["1", "2"])), 5 * SECOND).await;
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["1", "2"])), 5 * SECOND)
+        .await;
     assert_eq!(first.ping().status, PingStatus::Expired);
 
     w.change(&env, "carol", &["2"]).await;
     wait_dispatched(&w).await;
     let started = Instant::now();
-    let answer = phone.ping_within(Some(&ping_body(30, &["1", "2"])), 5 * SECOND).await.ping();
-    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["2".to_owned()]));
+    let answer = phone
+        .ping_within(Some(&ping_body(30, &["1", "2"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["2".to_owned()])
+    );
     assert!(started.elapsed() < 5 * SECOND);
 
     // Between that Status 2 and the next Ping.
     w.change(&env, "carol", &["1"]).await;
     wait_dispatched(&w).await;
     let answer = phone.ping_within(None, 5 * SECOND).await.ping();
-    assert_eq!((answer.status, answer.folders), (PingStatus::Changes, vec!["1".to_owned()]));
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["1".to_owned()])
+    );
     env.cleanup().await;
 }
 
@@ -109,7 +135,9 @@ async fn empty_ping_reuses_parameters_cached_by_another_pod() {
     let b = Frontend::start(&env, "b", &[]).await;
 
     let mut phone = Device::new(a.addr, "dave", "pw", "v140Device");
-    let first = phone.ping_within(Some(&ping_body(1, &["7"])), 5 * SECOND).await;
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["7"])), 5 * SECOND)
+        .await;
     assert_eq!(first.ping().status, PingStatus::Expired);
 
     // Same device, other pod, base64 query form, empty body: heartbeat 1 s from the cache.
@@ -118,7 +146,10 @@ async fn empty_ping_reuses_parameters_cached_by_another_pod() {
     let started = Instant::now();
     let second = phone.ping_within(None, 5 * SECOND).await.ping();
     assert_eq!(second.status, PingStatus::Expired);
-    assert!(started.elapsed() < 3 * SECOND, "used the cached 1 s heartbeat");
+    assert!(
+        started.elapsed() < 3 * SECOND,
+        "used the cached 1 s heartbeat"
+    );
 
     let mut stranger = Device::new(b.addr, "dave", "pw", "never-seen");
     let answer = stranger.ping_within(None, 5 * SECOND).await.ping();
@@ -137,13 +168,18 @@ async fn a_newer_ping_on_another_pod_supersedes_the_parked_one() {
 
     let mut old = Device::new(a.addr, "erin", "pw", "p");
     let parked = tokio::spawn(async move {
-        let response = old.ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND).await;
+        let response = old
+            .ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND)
+            .await;
         (Instant::now(), response)
     });
     let first_owner = env.wait_parked("erin", "p", "a", None).await;
 
     let mut new = Device::new(b.addr, "erin", "pw", "p");
-    let newer = tokio::spawn(async move { new.ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND).await });
+    let newer = tokio::spawn(async move {
+        new.ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND)
+            .await
+    });
     env.wait_parked("erin", "p", "b", Some(&first_owner)).await;
     let superseded_claim = Instant::now();
 
@@ -151,10 +187,15 @@ async fn a_newer_ping_on_another_pod_supersedes_the_parked_one() {
     assert_eq!(response.ping().status, PingStatus::Expired);
     let delay = answered.saturating_duration_since(superseded_claim);
     assert!(delay < SECOND, "superseded Ping answered after {delay:?}");
-    assert_eq!(newer.await.expect("new ping task").ping().status, PingStatus::Expired);
+    assert_eq!(
+        newer.await.expect("new ping task").ping().status,
+        PingStatus::Expired
+    );
     assert!(b.metric("dp_frontend_evictions_sent_total").await >= 1.0);
     assert!(
-        a.metric("dp_frontend_pings_total{outcome=\"superseded\",status=\"1\"}").await >= 1.0
+        a.metric("dp_frontend_pings_total{outcome=\"superseded\",status=\"1\"}")
+            .await
+            >= 1.0
     );
     env.cleanup().await;
 }

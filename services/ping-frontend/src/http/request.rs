@@ -88,7 +88,9 @@ async fn read_rest(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request,
             buf.drain(..head_len);
             while buf.len() < content_length {
                 if read_more(stream, buf).await? == 0 {
-                    return Err(ReadError::Malformed("body ends before Content-Length".into()));
+                    return Err(ReadError::Malformed(
+                        "body ends before Content-Length".into(),
+                    ));
                 }
             }
             request.body = buf.drain(..content_length).collect();
@@ -102,7 +104,9 @@ async fn read_rest(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request,
             return Err(ReadError::HeadTooLarge);
         }
         if read_more(stream, buf).await? == 0 {
-            return Err(ReadError::Malformed("connection closed inside the request head".into()));
+            return Err(ReadError::Malformed(
+                "connection closed inside the request head".into(),
+            ));
         }
     }
 }
@@ -115,7 +119,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadErr
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ReadError::Malformed(format!("more than {MAX_HEADERS} headers")))
+            return Err(ReadError::Malformed(format!(
+                "more than {MAX_HEADERS} headers"
+            )))
         }
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     };
@@ -152,7 +158,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadErr
                 .parse()
                 .map_err(|_| ReadError::Malformed("Content-Length is not a number".into()))?;
             if content_length.is_some_and(|previous| previous != length) {
-                return Err(ReadError::Malformed("conflicting Content-Length headers".into()));
+                return Err(ReadError::Malformed(
+                    "conflicting Content-Length headers".into(),
+                ));
             }
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -198,13 +206,18 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_frame() {
-        assert!(parse_head(b"POST / HTTP/1.1\r\nContent-Len").expect("partial").is_none());
+        assert!(parse_head(b"POST / HTTP/1.1\r\nContent-Len")
+            .expect("partial")
+            .is_none());
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(parse_head(chunked), Err(ReadError::Chunked)));
         let big = b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n";
         assert!(matches!(parse_head(big), Err(ReadError::BodyTooLarge)));
         let conflict = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert!(matches!(parse_head(conflict), Err(ReadError::Malformed(_))));
-        assert!(matches!(parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"), Err(ReadError::Malformed(_))));
+        assert!(matches!(
+            parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"),
+            Err(ReadError::Malformed(_))
+        ));
     }
 }

@@ -40,7 +40,11 @@ pub fn wbxml(body: &[u8], keep_alive: bool) -> Vec<u8> {
              Content-Length: {}\r\nMS-Server-ActiveSync: {SERVER_VERSION}\r\n\
              Cache-Control: private\r\n{}\r\n",
             body.len(),
-            if keep_alive { "" } else { "Connection: close\r\n" }
+            if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            }
         )
         .as_bytes(),
     );
@@ -77,5 +81,10 @@ pub fn error(code: u16, message: &str, headers: &[(&str, String)], close: bool) 
 
 /// 503 with Retry-After: the overload answer. Never Ping Status 111 (Android re-pings at once).
 pub fn unavailable(retry_after_secs: u32, message: &str) -> Vec<u8> {
-    error(503, message, &[("Retry-After", retry_after_secs.to_string())], true)
+    error(
+        503,
+        message,
+        &[("Retry-After", retry_after_secs.to_string())],
+        true,
+    )
 }

@@ -1,0 +1,279 @@
+//! What does not wake, and every refusal: Ping statuses 3-6 and HTTP 400, 401, 403, 404, 405,
+//! 501 (issue test 9).
+
+use std::time::{Duration, Instant};
+
+use dp_proto::ping::{FolderClass, PingFolder, PingRequest, PingStatus};
+use dp_proto::wbxml::{encode, Element};
+use dp_testkit::client::{ping_body, raw};
+use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
+use serde_json::json;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `modified` and `removed` bump versions but do not wake a parked Ping; the next Ping reports
+/// them. With WAKE_ON including `modified`, a modification wakes.
+#[tokio::test]
+async fn modifications_and_removals_do_not_wake() {
+    let env = Env::new().await;
+    env.account("ivan", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+
+    let mut phone = Device::new(a.addr, "ivan", "pw", "p");
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["1", "2"])), 5 * SECOND)
+        .await;
+    assert_eq!(first.ping().status, PingStatus::Expired, "baseline");
+    let before = env.owner("ivan", "p").await;
+    let parked = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = phone
+            .ping_within(Some(&ping_body(2, &["1", "2"])), 10 * SECOND)
+            .await;
+        (phone, started.elapsed(), response)
+    });
+    env.wait_parked("ivan", "p", "a", before.as_ref()).await;
+    for kind in ["modified", "removed"] {
+        let response = w
+            .ingest(
+                &env,
+                &json!({"mailbox": "ivan", "folders": ["1"], "kind": kind}),
+            )
+            .await;
+        assert_eq!(response.status, 202);
+    }
+    wait_for("both changes dispatched", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dispatched_total").await >= 2.0).then_some(())
+    })
+    .await;
+    let (mut phone, elapsed, response) = parked.await.expect("device task");
+    assert_eq!(response.ping().status, PingStatus::Expired, "not woken");
+    assert!(elapsed >= 2 * SECOND - Duration::from_millis(50));
+    let next = phone.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!(
+        (next.status, next.folders),
+        (PingStatus::Changes, vec!["1".to_owned()])
+    );
+
+    // A watcher told to wake on modifications does.
+    let w2 = Watcher::start(&env, "w2", &[("--wake-on", "added,modified")]).await;
+    drop(w);
+    let before = env.owner("ivan", "p").await;
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(30, &["1", "2"])), 10 * SECOND)
+            .await
+    });
+    env.wait_parked("ivan", "p", "a", before.as_ref()).await;
+    let response = w2
+        .ingest(
+            &env,
+            &json!({"mailbox": "ivan", "folders": ["2"], "kind": "modified"}),
+        )
+        .await;
+    assert_eq!(response.status, 202);
+    let answer = parked.await.expect("device task").ping();
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["2".to_owned()])
+    );
+    env.cleanup().await;
+}
+
+fn folders(n: usize) -> PingRequest {
+    PingRequest {
+        heartbeat: Some(60),
+        folders: Some(
+            (0..n)
+                .map(|i| PingFolder {
+                    id: i.to_string(),
+                    class: FolderClass::Email,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Statuses 3, 4, 5 and 6, each with what the device needs to correct itself.
+#[tokio::test]
+async fn ping_statuses_3_to_6() {
+    let env = Env::new().await;
+    env.account("judy", "pw").await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[
+            ("--min-heartbeat", "2"),
+            ("--max-heartbeat", "100"),
+            ("--max-folders", "3"),
+        ],
+    )
+    .await;
+    let mut phone = Device::new(a.addr, "judy", "pw", "p");
+
+    let three = phone.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!(
+        three.status,
+        PingStatus::MissingParameters,
+        "nothing cached"
+    );
+    let only_heartbeat = PingRequest {
+        heartbeat: Some(20),
+        folders: None,
+    };
+    let three = phone
+        .ping_within(Some(&only_heartbeat), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        three.status,
+        PingStatus::MissingParameters,
+        "no folders known"
+    );
+
+    let low = phone
+        .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        (low.status, low.heartbeat),
+        (PingStatus::InvalidHeartbeat, Some(2))
+    );
+    let high = phone
+        .ping_within(Some(&ping_body(101, &["1"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        (high.status, high.heartbeat),
+        (PingStatus::InvalidHeartbeat, Some(100))
+    );
+
+    let six = phone
+        .ping_within(Some(&folders(4)), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        (six.status, six.max_folders),
+        (PingStatus::TooManyFolders, Some(3))
+    );
+
+    // Status 4: bare <Ping/>, a duplicate folder, an unknown class, and bytes that are no WBXML.
+    let bare = encode(&Element::new(13, 0x05)).expect("encodes");
+    let folder = |id: &str, class: &str| {
+        Element::new(13, 0x0A)
+            .child(Element::with_text(13, 0x0B, id))
+            .child(Element::with_text(13, 0x0C, class))
+    };
+    let duplicate = encode(
+        &Element::new(13, 0x05).child(
+            Element::new(13, 0x09)
+                .child(folder("1", "Email"))
+                .child(folder("1", "Email")),
+        ),
+    )
+    .expect("encodes");
+    let unknown_class =
+        encode(&Element::new(13, 0x05).child(Element::new(13, 0x09).child(folder("1", "Journal"))))
+            .expect("encodes");
+    for body in [
+        bare,
+        duplicate,
+        unknown_class,
+        b"\x03\x01\x6a\x00\x00\x0d\x45".to_vec(),
+        b"not wbxml".to_vec(),
+    ] {
+        let request = phone.ping_request_with(&body);
+        let answer = phone.send(&request).await.expect("answered").ping();
+        assert_eq!(answer.status, PingStatus::SyntaxError, "body {body:02x?}");
+    }
+
+    // The device recovers: a valid Ping parks and answers at its heartbeat.
+    let ok = phone
+        .ping_within(Some(&ping_body(2, &["1"])), 10 * SECOND)
+        .await
+        .ping();
+    assert_eq!(ok.status, PingStatus::Expired);
+    env.cleanup().await;
+}
+
+/// HTTP answers: 400 for an unusable query, 401 (with a challenge) for missing or wrong
+/// credentials, 403 for another user's mailbox, 501 for other commands, 404 and 405, and the
+/// OPTIONS headers.
+#[tokio::test]
+async fn http_refusals() {
+    let env = Env::new().await;
+    env.account("kim", "pw").await;
+    env.account("lee", "pw2").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let auth = "Authorization: Basic a2ltOnB3\r\n"; // kim:pw
+    let post = |query: &str, auth: &str| {
+        format!("POST /Microsoft-Server-ActiveSync?{query} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 0\r\n\r\n")
+    };
+    let ping_query = "Cmd=Ping&User=kim&DeviceId=d&DeviceType=t";
+    let cases: Vec<(String, u16)> = vec![
+        (post("Cmd=Ping&User=kim&DeviceType=t", auth), 400),
+        (post("%%%", auth), 400),
+        (post("jRIJBAp2MTQw", auth), 400),
+        (post(ping_query, ""), 401),
+        (
+            post(ping_query, "Authorization: Basic a2ltOndyb25n\r\n"),
+            401,
+        ), // kim:wrong
+        (
+            post(ping_query, "Authorization: Basic bm9ib2R5OnB3\r\n"),
+            401,
+        ), // nobody:pw
+        (post("Cmd=Ping&User=lee&DeviceId=d&DeviceType=t", auth), 403),
+        (post("Cmd=Sync&User=kim&DeviceId=d&DeviceType=t", auth), 501),
+        (
+            post("Cmd=Frobnicate&User=kim&DeviceId=d&DeviceType=t", auth),
+            501,
+        ),
+        (
+            "POST /elsewhere HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            404,
+        ),
+        (
+            "GET /Microsoft-Server-ActiveSync HTTP/1.1\r\n\r\n".to_owned(),
+            405,
+        ),
+        ("BROKEN\r\n\r\n".to_owned(), 400),
+    ];
+    for (request, expected) in cases {
+        let response = raw(a.addr, request.as_bytes()).await.expect("answered");
+        assert_eq!(
+            response.status,
+            expected,
+            "{request:?}: {}",
+            response.text()
+        );
+        if expected == 401 {
+            assert_eq!(
+                response.header("www-authenticate"),
+                Some("Basic realm=\"ActiveSync\"")
+            );
+        }
+    }
+    let options = raw(
+        a.addr,
+        b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\n\r\n",
+    )
+    .await
+    .expect("answered");
+    assert_eq!(options.status, 200);
+    assert!(options
+        .header("ms-asprotocolversions")
+        .is_some_and(|v| v.contains("14.1")));
+    assert!(options
+        .header("ms-asprotocolcommands")
+        .is_some_and(|v| v.contains("Ping")));
+    assert_eq!(options.header("allow"), Some("OPTIONS,POST"));
+    assert!(options.header("ms-server-activesync").is_some());
+    assert!(
+        a.metric("dp_frontend_http_responses_total{code=\"401\"}")
+            .await
+            >= 3.0
+    );
+    env.cleanup().await;
+}
