@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod accounts;
+mod change;
+mod device;
 mod eas_query;
 mod wbxml;
 
@@ -27,6 +30,64 @@ enum Command {
     /// Show what a request query says, or build a base64 one.
     #[command(subcommand, name = "eas-query")]
     EasQuery(eas_query::QueryCommand),
+    /// Manage the accounts that may Ping.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/directpush"
+        )]
+        database_url: String,
+    },
+    /// Inspect a device.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+        #[command(flatten)]
+        stores: Stores,
+    },
+    /// Publish a change through the watcher's ingest API.
+    Change {
+        mailbox: String,
+        #[arg(required = true)]
+        folders: Vec<String>,
+        /// added, modified or removed.
+        #[arg(long, default_value = "added")]
+        kind: String,
+        #[arg(long, env = "INGEST_URL", default_value = "http://127.0.0.1:8081")]
+        ingest_url: String,
+        #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Owner pod, cached parameters, versions and the last history rows.
+    Show { mailbox: String, device: String },
+}
+
+#[derive(clap::Args)]
+struct Stores {
+    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
+    namespace: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/directpush"
+    )]
+    database_url: String,
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn main() -> ExitCode {
@@ -34,6 +95,27 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Wbxml(command) => command.run(),
         Command::EasQuery(command) => command.run(),
+        Command::Accounts {
+            command,
+            database_url,
+        } => block_on(command.run(&database_url)),
+        Command::Device {
+            command: DeviceCommand::Show { mailbox, device },
+            stores,
+        } => block_on(device::show(
+            &mailbox,
+            &device,
+            &stores.namespace,
+            &stores.redis_url,
+            &stores.database_url,
+        )),
+        Command::Change {
+            mailbox,
+            folders,
+            kind,
+            ingest_url,
+            token,
+        } => block_on(change::send(&ingest_url, &token, &mailbox, &folders, &kind)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

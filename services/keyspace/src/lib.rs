@@ -321,3 +321,42 @@ pub async fn connect(
         }
     }
 }
+
+/// Everything Redis holds about one device, for operators (`dpctl device show`).
+#[derive(Debug, Default)]
+pub struct DeviceState {
+    pub owner: Option<Owner>,
+    /// The cached parameters as stored: `{"h": heartbeat, "f": [[id, class], ...]}`.
+    pub params: Option<String>,
+    /// Folder id -> version last reported to the device.
+    pub notified: Vec<(String, String)>,
+    /// Folder id -> current version, for the mailbox.
+    pub versions: Vec<(String, String)>,
+}
+
+impl Store {
+    pub async fn device_state<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+    ) -> RedisResult<DeviceState> {
+        let (owner, params, notified, versions): (
+            Option<String>,
+            Option<String>,
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+        ) = redis::pipe()
+            .hget(self.keys.owners(device.mailbox), device.key)
+            .get(self.keys.params(device.mailbox, device.device_id))
+            .hgetall(self.keys.notified(device.mailbox, device.device_id))
+            .hgetall(self.keys.versions(device.mailbox))
+            .query_async(conn)
+            .await?;
+        Ok(DeviceState {
+            owner: owner.as_deref().and_then(Owner::parse),
+            params,
+            notified,
+            versions,
+        })
+    }
+}
