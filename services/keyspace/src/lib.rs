@@ -312,7 +312,7 @@ pub async fn connect(
             Ok(manager) => return Ok(manager),
             Err(err) if give_up() => return Err(err),
             Err(err) => {
-                if attempt % 10 == 0 {
+                if attempt.is_multiple_of(10) {
                     tracing::warn!(error = %err, "waiting for Redis");
                 }
                 attempt += 1;
@@ -340,18 +340,15 @@ impl Store {
         conn: &mut C,
         device: Device<'_>,
     ) -> RedisResult<DeviceState> {
-        let (owner, params, notified, versions): (
-            Option<String>,
-            Option<String>,
-            Vec<(String, String)>,
-            Vec<(String, String)>,
-        ) = redis::pipe()
-            .hget(self.keys.owners(device.mailbox), device.key)
-            .get(self.keys.params(device.mailbox, device.device_id))
-            .hgetall(self.keys.notified(device.mailbox, device.device_id))
-            .hgetall(self.keys.versions(device.mailbox))
-            .query_async(conn)
-            .await?;
+        type Pairs = Vec<(String, String)>;
+        let (owner, params, notified, versions): (Option<String>, Option<String>, Pairs, Pairs) =
+            redis::pipe()
+                .hget(self.keys.owners(device.mailbox), device.key)
+                .get(self.keys.params(device.mailbox, device.device_id))
+                .hgetall(self.keys.notified(device.mailbox, device.device_id))
+                .hgetall(self.keys.versions(device.mailbox))
+                .query_async(conn)
+                .await?;
         Ok(DeviceState {
             owner: owner.as_deref().and_then(Owner::parse),
             params,

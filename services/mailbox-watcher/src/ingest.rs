@@ -165,15 +165,15 @@ mod tests {
             .expect("batch");
         assert_eq!(two.len(), 2);
         assert!(parse(b"[]", 10).is_err());
-        assert!(parse(b"{", 10).unwrap_err().contains("not JSON"));
+        assert!(parse(b"{", 10).expect_err("refused").contains("not JSON"));
         assert!(parse(br#"{"mailbox":"","folders":["1"]}"#, 10)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("change 0"));
         assert!(parse(
             br#"[{"mailbox":"a","folders":["1"]},{"mailbox":"a","folders":["1"]}]"#,
             1
         )
-        .unwrap_err()
+        .expect_err("refused")
         .contains("over the limit"));
         assert!(token_matches("abcdefghijklmnop", "abcdefghijklmnop"));
         assert!(!token_matches("abcdefghijklmnop", "abcdefghijklmnoq"));

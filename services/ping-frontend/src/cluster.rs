@@ -71,7 +71,7 @@ pub async fn subscribe(
         if drain.is_signalled() {
             anyhow::bail!("shut down before NATS answered");
         }
-        if waited % 10 == 0 {
+        if waited.is_multiple_of(10) {
             tracing::warn!(error = %err, "waiting for NATS before serving");
         }
         waited += 1;
