@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, then every test on the real services.
+# The whole test suite, as CI runs it: set up the local services, then formatting, lints, and
+# every test against the real PostgreSQL, Redis and NATS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast

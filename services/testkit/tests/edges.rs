@@ -277,3 +277,81 @@ async fn http_refusals() {
     );
     env.cleanup().await;
 }
+
+/// More connections than MAX_CONNECTIONS: the extra one is told 503 with Retry-After, never a
+/// Ping status (Android re-pings at once on those).
+#[tokio::test]
+async fn overload_answers_503_with_retry_after() {
+    let env = Env::new().await;
+    env.account("olga", "pw").await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[("--max-connections", "1"), ("--retry-after-secs", "17")],
+    )
+    .await;
+    let mut first = Device::new(a.addr, "olga", "pw", "first");
+    let parked = tokio::spawn(async move {
+        first
+            .ping_within(Some(&ping_body(3, &["1"])), 10 * SECOND)
+            .await
+    });
+    env.wait_parked("olga", "first", "a", None).await;
+    let mut second = Device::new(a.addr, "olga", "pw", "second");
+    let refused = second
+        .ping_within(Some(&ping_body(3, &["1"])), 5 * SECOND)
+        .await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("17"));
+    assert_eq!(
+        parked.await.expect("task").ping().status,
+        PingStatus::Expired,
+        "the first is served"
+    );
+    env.cleanup().await;
+}
+
+/// A burst of changes to one folder is dispatched as far fewer bumps and wakes than changes,
+/// and the device hears of it once.
+#[tokio::test]
+async fn bursts_are_coalesced() {
+    let env = Env::new().await;
+    env.account("pat", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[("--coalesce-ms", "200")]).await;
+    let mut phone = Device::new(a.addr, "pat", "pw", "p");
+    let parked = tokio::spawn(async move {
+        let response = phone
+            .ping_within(Some(&ping_body(30, &["1"])), 10 * SECOND)
+            .await;
+        (phone, response)
+    });
+    env.wait_parked("pat", "p", "a", None).await;
+    let burst: Vec<serde_json::Value> = (0..50)
+        .map(|_| json!({"mailbox": "pat", "folders": ["1"]}))
+        .collect();
+    assert_eq!(
+        w.ingest(&env, &serde_json::Value::Array(burst))
+            .await
+            .status,
+        202
+    );
+    let (mut phone, response) = parked.await.expect("task");
+    assert_eq!(response.ping().folders, vec!["1".to_owned()]);
+    wait_for("all 50 changes dispatched", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dispatched_total").await >= 50.0).then_some(())
+    })
+    .await;
+    let wakes = w.metric("dp_watcher_wakes_sent_total").await;
+    assert!(
+        (1.0..10.0).contains(&wakes),
+        "50 changes made {wakes} wakes"
+    );
+    // Heard once: the next Ping parks.
+    let next = phone
+        .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(next.status, PingStatus::Expired);
+    env.cleanup().await;
+}

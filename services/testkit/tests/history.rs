@@ -196,3 +196,40 @@ async fn pings_are_served_while_the_database_is_down() {
     assert!(refused.header("retry-after").is_some());
     env.cleanup().await;
 }
+
+/// Daily partitions are created ahead and dropped past the retention.
+#[tokio::test]
+async fn partitions_are_created_and_expired() {
+    let env = Env::new().await;
+    let old = "ping_history_20000101";
+    sqlx::query(&format!(
+        "CREATE TABLE {old} PARTITION OF ping_history FOR VALUES FROM ('2000-01-01') TO ('2000-01-02')"
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("old partition");
+    dp_db::history::maintain_partitions(&env.pool, Some(30))
+        .await
+        .expect("maintained");
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'ping_history' ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("partitions");
+    assert!(
+        !names.iter().any(|n| n == old),
+        "expired partition dropped: {names:?}"
+    );
+    let today: String =
+        sqlx::query_scalar("SELECT 'ping_history_' || to_char(current_date + 2, 'YYYYMMDD')")
+            .fetch_one(&env.pool)
+            .await
+            .expect("name");
+    assert!(
+        names.contains(&today),
+        "partitions two days ahead: {names:?}"
+    );
+    env.cleanup().await;
+}
