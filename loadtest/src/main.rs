@@ -143,43 +143,20 @@ async fn park(args: ParkArgs) -> Result<()> {
             started.elapsed()
         );
     }
-    let sources: Vec<IpAddr> = args
-        .sources
-        .split(',')
-        .map(|s| s.trim().parse().context("--sources"))
-        .collect::<Result<_>>()?;
     let before = rss_bytes(args.pid)?;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let started = Instant::now();
+    let half = args.devices / 2;
     let mut connections = Vec::with_capacity(args.devices);
     let mut errors = 0usize;
-    let mut ticker = tokio::time::interval(interval);
-    for device in 0..args.devices {
-        ticker.tick().await;
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(sources[device % sources.len()], 0))?;
-        match socket.connect(args.frontend).await {
-            Ok(mut stream) => {
-                if stream
-                    .write_all(&request(device, args.mailboxes, args.heartbeat))
-                    .await
-                    .is_err()
-                {
-                    errors += 1;
-                }
-                connections.push(stream);
-            }
-            Err(_) => errors += 1,
-        }
-    }
+    let connect = Connector::new(&args)?;
+    // The first half warms everything per-mailbox (credential cache, argon2's scratch memory);
+    // the slope from half to full is what one more parked Ping costs.
+    errors += connect.run(0..half, &mut connections).await;
+    let mid_parked = wait_parked(args.admin, (half - errors) as f64).await?;
+    let mid = rss_bytes(args.pid)?;
+    errors += connect.run(half..args.devices, &mut connections).await;
     let connect_secs = started.elapsed().as_secs_f64();
-    let want = (args.devices - errors) as f64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut now_parked = parked(args.admin).await?;
-    while now_parked < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        now_parked = parked(args.admin).await?;
-    }
+    let now_parked = wait_parked(args.admin, (args.devices - errors) as f64).await?;
     let after = rss_bytes(args.pid)?;
     if now_parked < 1.0 {
         bail!(
@@ -187,19 +164,83 @@ async fn park(args: ParkArgs) -> Result<()> {
             args.frontend
         );
     }
-    let per = (after.saturating_sub(before)) as f64 / now_parked;
+    let slope = after.saturating_sub(mid) as f64 / (now_parked - mid_parked).max(1.0);
     let report = serde_json::json!({
         "devices": args.devices,
         "parked": now_parked,
         "connect_errors": errors,
         "connect_rate_per_s": args.devices as f64 / connect_secs,
         "rss_before_bytes": before,
+        "rss_half_bytes": mid,
         "rss_after_bytes": after,
-        "bytes_per_parked_ping": per.round(),
+        "bytes_per_parked_ping_overall": (after.saturating_sub(before) as f64 / now_parked).round(),
+        "bytes_per_parked_ping_slope": slope.round(),
     });
     println!("{report}");
     drop(connections);
     Ok(())
+}
+
+/// Opens device connections at the configured rate from the configured source addresses.
+struct Connector {
+    frontend: SocketAddr,
+    sources: Vec<IpAddr>,
+    interval: Duration,
+    mailboxes: usize,
+    heartbeat: u32,
+}
+
+impl Connector {
+    fn new(args: &ParkArgs) -> Result<Connector> {
+        let sources = args
+            .sources
+            .split(',')
+            .map(|s| s.trim().parse().context("--sources"))
+            .collect::<Result<Vec<IpAddr>>>()?;
+        Ok(Connector {
+            frontend: args.frontend,
+            sources,
+            interval: Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))),
+            mailboxes: args.mailboxes,
+            heartbeat: args.heartbeat,
+        })
+    }
+
+    /// Connects `devices` and sends their Pings; returns how many failed.
+    async fn run(&self, devices: std::ops::Range<usize>, into: &mut Vec<TcpStream>) -> usize {
+        let mut errors = 0;
+        let mut ticker = tokio::time::interval(self.interval);
+        for device in devices {
+            ticker.tick().await;
+            let source = SocketAddr::new(self.sources[device % self.sources.len()], 0);
+            let connected = async {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(source)?;
+                let mut stream = socket.connect(self.frontend).await?;
+                stream
+                    .write_all(&request(device, self.mailboxes, self.heartbeat))
+                    .await?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            match connected.await {
+                Ok(stream) => into.push(stream),
+                Err(_) => errors += 1,
+            }
+        }
+        errors
+    }
+}
+
+/// Waits until the frontend reports `want` parked Pings (or two minutes pass).
+async fn wait_parked(admin: SocketAddr, want: f64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = parked(admin).await?;
+        if now >= want || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn main() -> Result<()> {

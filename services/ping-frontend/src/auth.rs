@@ -9,7 +9,6 @@ use base64::Engine as _;
 use dp_proto::ids::canonical_mailbox;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, ResultLabels};
 
@@ -36,8 +35,8 @@ pub struct Auth {
     salt: [u8; 16],
     capacity: usize,
     ttl: Duration,
-    /// argon2 is CPU-bound: at most this many verifications at once, off the async threads.
-    verifications: Semaphore,
+    /// argon2 is CPU-bound: verified on dedicated threads, off the async ones.
+    verifier: dp_db::accounts::Verifier,
 }
 
 /// A hash to verify against when the account does not exist, so that answer takes as long as
@@ -50,16 +49,16 @@ fn decoy_hash() -> &'static str {
 }
 
 impl Auth {
-    pub fn new(pool: PgPool, capacity: usize, ttl: Duration) -> Auth {
+    pub fn new(pool: PgPool, capacity: usize, ttl: Duration) -> std::io::Result<Auth> {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Auth {
+        Ok(Auth {
             pool,
             cache: Mutex::new(HashMap::new()),
             salt: rand::random(),
             capacity,
             ttl,
-            verifications: Semaphore::new(parallel),
-        }
+            verifier: dp_db::accounts::Verifier::spawn(parallel)?,
+        })
     }
 
     fn digest(&self, name: &str, password: &str) -> [u8; 32] {
@@ -100,12 +99,7 @@ impl Auth {
             Some((hash, disabled)) => (hash, !disabled),
             None => (decoy_hash().to_owned(), false),
         };
-        let permit = self.verifications.acquire().await;
-        let matches =
-            tokio::task::spawn_blocking(move || dp_db::accounts::verify_password(&hash, &password))
-                .await
-                .unwrap_or(false);
-        drop(permit);
+        let matches = self.verifier.verify(hash, password).await;
         if !(matches && usable) {
             count("rejected");
             return Err(AuthError::Rejected);

@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 
 use crate::http::request::{self, ReadError};
 use crate::http::response;
-use crate::{router, Shared};
+use crate::ping::{self, Started};
+use crate::router::{self, Routed};
+use crate::Shared;
 
 pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain) {
     shared.metrics.connections.inc();
@@ -18,12 +20,12 @@ pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain
     loop {
         let read = tokio::select! {
             _ = drain.signalled(), if buf.is_empty() => break,
-            read = request::read(
+            read = Box::pin(request::read(
                 &mut stream,
                 &mut buf,
                 shared.config.idle_timeout,
                 shared.config.header_timeout,
-            ) => read,
+            )) => read,
         };
         let request = match read {
             Ok(request) => request,
@@ -44,9 +46,25 @@ pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain
                 break;
             }
         };
-        match router::handle(shared, &mut stream, &mut buf, request).await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => break,
+        // Everything but the parked wait runs boxed: a connection's future is as large as its
+        // largest state, and the parked state is the one a hundred thousand connections share.
+        let keep_alive = match Box::pin(router::handle(shared, &mut stream, request)).await {
+            Ok(Routed::Done(keep_alive)) => keep_alive,
+            Ok(Routed::Ping(Started::Answer(context, finished))) => {
+                Box::pin(ping::finish(shared, &mut stream, &context, Ok(finished)))
+                    .await
+                    .unwrap_or(false)
+            }
+            Ok(Routed::Ping(Started::Parked(waiting))) => {
+                let ended = ping::wait(&waiting, &stream, &mut buf).await;
+                Box::pin(ping::finish(shared, &mut stream, &waiting.context, ended))
+                    .await
+                    .unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        if !keep_alive {
+            break;
         }
     }
     let _ = stream.shutdown().await;

@@ -88,7 +88,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
         subjects: Subjects::new(&config.namespace),
-        auth: auth::Auth::new(pool, config.auth_cache_size, config.auth_cache_ttl),
+        auth: auth::Auth::new(pool, config.auth_cache_size, config.auth_cache_ttl)?,
         parked: Parked::default(),
         next_request: AtomicU64::new(start_ms << 20),
         rechecks: Semaphore::new(64),

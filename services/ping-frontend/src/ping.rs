@@ -1,11 +1,12 @@
-//! The Ping command: validate, claim, answer at once or park until news, eviction, heartbeat,
-//! drain or the client leaving; then write the answer, acknowledge what was reported, and
-//! record the history row.
+//! The Ping command in three steps, so that a parked connection keeps only what it needs:
+//! [`start`] validates, claims and either answers at once or parks; [`wait`] is the parked
+//! state (a small future: a signal, the heartbeat, or the client leaving); [`finish`] writes
+//! the answer, acknowledges what was reported, and records the history row.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use dp_db::history::HistoryRow;
 use dp_keyspace::{Check, Claim, Device, Owner};
 use dp_proto::events::{EvictEvent, FolderVersion};
@@ -19,15 +20,40 @@ use tokio::time::Instant;
 use crate::http::request::{Request, MAX_HEAD};
 use crate::http::response;
 use crate::metrics::OutcomeLabels;
-use crate::parked::End;
+use crate::parked::{End, Slot};
 use crate::Shared;
 
 /// Owner records outlive the heartbeat by this much, so clock skew between pods and the
 /// watcher never hides a parked Ping from a wake.
 const OWNER_GRACE: Duration = Duration::from_secs(30);
 
+/// Who is pinging, and what the history row needs, from request to answer.
+pub struct Context {
+    mailbox: String,
+    device_id: String,
+    device_type: String,
+    key: String,
+    request_id: u64,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    requested_heartbeat: Option<u32>,
+    protocol_version: Option<String>,
+    user_agent: Option<String>,
+    keep_alive: bool,
+}
+
+impl Context {
+    fn device(&self) -> Device<'_> {
+        Device {
+            mailbox: &self.mailbox,
+            device_id: &self.device_id,
+            key: &self.key,
+        }
+    }
+}
+
 /// How a Ping ended, before its answer is written.
-struct Finished {
+pub struct Finished {
     response: PingResponse,
     outcome: &'static str,
     /// Versions to acknowledge once the Status 2 is written.
@@ -58,230 +84,154 @@ impl Finished {
 }
 
 /// The device closed its connection while parked.
-struct ClientGone;
+pub struct ClientGone;
 
-pub async fn serve(
+/// What [`start`] decided.
+pub enum Started {
+    Answer(Context, Finished),
+    Parked(Waiting),
+}
+
+/// A parked Ping: all its connection keeps while it waits.
+pub struct Waiting {
+    registration: Registration,
+    slot: Arc<Slot>,
+    pub context: Context,
+    owner: Owner,
+    heartbeat: u32,
+    folders: Vec<PingFolder>,
+}
+
+/// Removes the Ping from the pod's index however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    key: String,
+    request: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.parked.remove(&self.key, self.request);
+        self.shared.metrics.parked.dec();
+    }
+}
+
+/// Validates, claims, and answers at once or parks.
+pub async fn start(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
     query: &EasRequest,
     mailbox: String,
     request: &Request,
-) -> std::io::Result<bool> {
-    let started_at = Utc::now();
-    let started = Instant::now();
-    let request_id = shared.next_request_id();
-    let key = device_key(&mailbox, &query.device_id);
-    let device = Device {
-        mailbox: &mailbox,
-        device_id: &query.device_id,
-        key: &key,
-    };
+) -> Started {
     let body = PingRequest::parse(&request.body);
-    let requested_heartbeat = body.as_ref().ok().and_then(|b| b.heartbeat);
-    let ended = match body {
-        Err(err) => {
-            tracing::info!(%mailbox, device = %query.device_id, reason = %err, "Ping refused: Status 4");
-            Ok(Finished::new(PingResponse::syntax_error(), "rejected"))
-        }
-        Ok(ping) => match ping.check(&shared.config.limits) {
-            Err(answer) => Ok(Finished::new(answer, "rejected")),
-            Ok(()) => park(shared, stream, buf, device, request_id, &ping, started).await,
-        },
-    };
-    let mut row = HistoryRow {
-        started_at,
-        ended_at: started_at,
-        mailbox: mailbox.clone(),
+    let context = Context {
+        key: device_key(&mailbox, &query.device_id),
+        mailbox,
         device_id: query.device_id.clone(),
         device_type: query.device_type.clone(),
-        pod: shared.config.pod.clone(),
-        request_id,
-        requested_heartbeat,
-        effective_heartbeat: None,
-        outcome: "client_gone",
-        status: None,
-        changed_folders: Vec::new(),
+        request_id: shared.next_request_id(),
+        started_at: Utc::now(),
+        started: Instant::now(),
+        requested_heartbeat: body.as_ref().ok().and_then(|b| b.heartbeat),
         protocol_version: request
             .protocol_version
             .clone()
             .or_else(|| query.version.map(|v| v.as_str().to_owned())),
         user_agent: request.user_agent.clone(),
+        keep_alive: request.keep_alive,
     };
-    let keep_alive = match ended {
-        Err(ClientGone) => {
-            count(shared, "client_gone", "");
-            false
-        }
-        Ok(finished) => {
-            let written = answer(shared, stream, device, &finished, request.keep_alive).await;
-            row.outcome = finished.outcome;
-            row.status = Some(finished.response.status.code());
-            row.effective_heartbeat = finished.heartbeat;
-            row.changed_folders = finished.response.folders;
-            written? && request.keep_alive
+    let ping = match body {
+        Ok(ping) => ping,
+        Err(err) => {
+            tracing::info!(mailbox = %context.mailbox, device = %context.device_id, reason = %err, "Ping refused: Status 4");
+            return Started::Answer(
+                context,
+                Finished::new(PingResponse::syntax_error(), "rejected"),
+            );
         }
     };
-    row.ended_at = Utc::now();
-    shared.history.record(row);
-    Ok(keep_alive)
-}
-
-fn count(shared: &Shared, outcome: &'static str, status: &'static str) {
-    shared
-        .metrics
-        .pings
-        .get_or_create(&OutcomeLabels { outcome, status })
-        .inc();
-}
-
-const STATUS_LABELS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
-
-/// Writes the answer; after a Status 2 is out, records what the device was told (I2) and how
-/// long the wake took.
-async fn answer(
-    shared: &Shared,
-    stream: &mut TcpStream,
-    device: Device<'_>,
-    finished: &Finished,
-    keep_alive: bool,
-) -> std::io::Result<bool> {
-    let status = finished.response.status.code();
-    count(
-        shared,
-        finished.outcome,
-        STATUS_LABELS[usize::from(status).min(8)],
-    );
-    shared.count_http(200);
-    stream
-        .write_all(&response::wbxml(&finished.response.encode(), keep_alive))
-        .await?;
-    if let Some(accepted) = finished.accepted_at_us {
-        let latency = dp_runtime::now_us().saturating_sub(accepted);
-        shared.metrics.wake_latency.observe(latency as f64 / 1e6);
+    if let Err(answer) = ping.check(&shared.config.limits) {
+        return Started::Answer(context, Finished::new(answer, "rejected"));
     }
-    if !finished.reported.is_empty() {
-        let mut redis = shared.redis.clone();
-        let ack = shared.store.ack(&mut redis, device, &finished.reported);
-        match tokio::time::timeout(shared.config.redis_timeout, ack).await {
-            Ok(Ok(())) => {}
-            // Not acknowledged means the device hears of it again: a duplicate, never a loss.
-            _ => {
-                shared.metrics.redis_errors.inc();
-                tracing::warn!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not acknowledged in Redis; the device will hear of it again");
-            }
-        }
-    }
-    Ok(true)
+    claim(shared, context, &ping).await
 }
 
-/// Removes the registration however the park ends (answer, client gone, cancelled).
-struct Registration<'a> {
-    shared: &'a Shared,
-    device: &'a str,
-    request: u64,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.shared.parked.remove(self.device, self.request);
-        self.shared.metrics.parked.dec();
-    }
-}
-
-async fn park(
-    shared: &Arc<Shared>,
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    device: Device<'_>,
-    request_id: u64,
-    ping: &PingRequest,
-    started: Instant,
-) -> Result<Finished, ClientGone> {
+async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> Started {
     let limits = shared.config.limits;
     // Registered before the claim: a wake that follows the claim finds the slot.
-    let slot = shared.parked.register(device.key, request_id);
+    let slot = shared.parked.register(&context.key, context.request_id);
     shared.metrics.parked.inc();
-    let _registration = Registration {
-        shared,
-        device: device.key,
-        request: request_id,
-    };
     let longest = ping.heartbeat.unwrap_or(limits.max_heartbeat);
     let owner = Owner {
         pod: shared.config.pod.clone(),
-        request: request_id,
+        request: context.request_id,
         expiry_ms: dp_runtime::now_ms()
             + u64::from(longest) * 1000
             + OWNER_GRACE.as_millis() as u64,
     };
-    let mut redis = shared.redis.clone();
-    let claim = shared.store.claim(&mut redis, device, &owner, ping);
-    let (heartbeat, folders, changed) =
-        match tokio::time::timeout(shared.config.redis_timeout, claim).await {
-            Ok(Ok(Claim::MissingParameters)) => {
-                return Ok(Finished::new(
-                    PingResponse::missing_parameters(),
-                    "rejected",
-                ))
-            }
-            Ok(Ok(Claim::Claimed {
-                previous,
-                heartbeat,
-                folders,
-                changed,
-            })) => {
-                if let Some(previous) = previous {
-                    evict(shared, device.key, &previous, request_id).await;
-                }
-                // A cached heartbeat may predate today's limits.
-                (
-                    heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat),
-                    folders,
-                    changed,
-                )
-            }
-            Ok(Err(err)) => return Ok(redis_failed(shared, device, &err.to_string())),
-            Err(_) => return Ok(redis_failed(shared, device, "timed out")),
-        };
-    let with_heartbeat = |mut finished: Finished| {
-        finished.heartbeat = Some(heartbeat);
-        finished
+    let mut waiting = Waiting {
+        registration: Registration {
+            shared: shared.clone(),
+            key: context.key.clone(),
+            request: context.request_id,
+        },
+        slot,
+        context,
+        owner,
+        heartbeat: 0,
+        folders: Vec::new(),
     };
-    if !changed.is_empty() {
-        return Ok(with_heartbeat(Finished::changes(changed, None)));
-    }
-    let deadline = started + Duration::from_secs(heartbeat.into());
-    loop {
-        tokio::select! {
-            signals = slot.next() => {
-                if let Some(end) = signals.end {
-                    let outcome = match end {
-                        End::Superseded => "superseded",
-                        End::Drained => "drained",
-                    };
-                    return Ok(with_heartbeat(Finished::new(PingResponse::expired(), outcome)));
-                }
-                let mut news = monitored(&folders, signals.changes);
-                if signals.recheck {
-                    match recheck(shared, device, &owner, &folders).await {
-                        Some(Check::Superseded) => {
-                            return Ok(with_heartbeat(Finished::new(PingResponse::expired(), "superseded")));
-                        }
-                        Some(Check::Changed(found)) => news.extend(found),
-                        None => {}
-                    }
-                }
-                if !news.is_empty() {
-                    return Ok(with_heartbeat(Finished::changes(dedupe(news), signals.accepted_at_us)));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(with_heartbeat(Finished::new(PingResponse::expired(), "expired")));
-            }
-            () = client_gone(stream, buf) => return Err(ClientGone),
+    let mut redis = shared.redis.clone();
+    let device = waiting.context.device();
+    let claimed = shared.store.claim(&mut redis, device, &waiting.owner, ping);
+    let changed = match tokio::time::timeout(shared.config.redis_timeout, claimed).await {
+        Ok(Ok(Claim::MissingParameters)) => {
+            return answer_now(
+                waiting,
+                Finished::new(PingResponse::missing_parameters(), "rejected"),
+            )
         }
+        Ok(Ok(Claim::Claimed {
+            previous,
+            heartbeat,
+            folders,
+            changed,
+        })) => {
+            if let Some(previous) = previous {
+                evict(
+                    shared,
+                    &waiting.context.key,
+                    &previous,
+                    waiting.context.request_id,
+                )
+                .await;
+            }
+            // A cached heartbeat may predate today's limits.
+            waiting.heartbeat = heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat);
+            waiting.folders = folders;
+            changed
+        }
+        Ok(Err(err)) => {
+            let failed = redis_failed(shared, device, &err.to_string());
+            return answer_now(waiting, failed);
+        }
+        Err(_) => {
+            let failed = redis_failed(shared, device, "timed out");
+            return answer_now(waiting, failed);
+        }
+    };
+    if changed.is_empty() {
+        return Started::Parked(waiting);
     }
+    let mut finished = Finished::changes(changed, None);
+    finished.heartbeat = Some(waiting.heartbeat);
+    answer_now(waiting, finished)
+}
+
+/// Ends the registration and hands the context on for the answer.
+fn answer_now(waiting: Waiting, finished: Finished) -> Started {
+    let Waiting { context, .. } = waiting;
+    Started::Answer(context, finished)
 }
 
 fn redis_failed(shared: &Shared, device: Device<'_>, reason: &str) -> Finished {
@@ -317,6 +267,48 @@ async fn evict(shared: &Shared, device: &str, previous: &Owner, request_id: u64)
     }
 }
 
+/// The parked state: waits for news, eviction, drain, the heartbeat, or the client leaving.
+pub async fn wait(
+    waiting: &Waiting,
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Finished, ClientGone> {
+    let deadline = waiting.context.started + Duration::from_secs(waiting.heartbeat.into());
+    let ended = |response, outcome| {
+        let mut finished = Finished::new(response, outcome);
+        finished.heartbeat = Some(waiting.heartbeat);
+        finished
+    };
+    loop {
+        tokio::select! {
+            signals = waiting.slot.next() => {
+                if let Some(end) = signals.end {
+                    let outcome = match end {
+                        End::Superseded => "superseded",
+                        End::Drained => "drained",
+                    };
+                    return Ok(ended(PingResponse::expired(), outcome));
+                }
+                let mut news = monitored(&waiting.folders, signals.changes);
+                if signals.recheck {
+                    match Box::pin(recheck(waiting)).await {
+                        Some(Check::Superseded) => return Ok(ended(PingResponse::expired(), "superseded")),
+                        Some(Check::Changed(found)) => news.extend(found),
+                        None => {}
+                    }
+                }
+                if !news.is_empty() {
+                    let mut finished = Finished::changes(dedupe(news), signals.accepted_at_us);
+                    finished.heartbeat = Some(waiting.heartbeat);
+                    return Ok(finished);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
+            () = client_gone(stream, buf) => return Err(ClientGone),
+        }
+    }
+}
+
 /// The changes that concern a monitored folder.
 fn monitored(folders: &[PingFolder], changes: Vec<FolderVersion>) -> Vec<FolderVersion> {
     changes
@@ -332,17 +324,14 @@ fn dedupe(mut news: Vec<FolderVersion>) -> Vec<FolderVersion> {
     news
 }
 
-async fn recheck(
-    shared: &Shared,
-    device: Device<'_>,
-    owner: &Owner,
-    folders: &[PingFolder],
-) -> Option<Check> {
+async fn recheck(waiting: &Waiting) -> Option<Check> {
+    let shared = &waiting.registration.shared;
     // Bounded, so a reconnect with a hundred thousand parked Pings does not flood Redis.
     let _permit = shared.rechecks.acquire().await.ok()?;
     let mut redis = shared.redis.clone();
-    let ids = folders.iter().map(|f| f.id.as_str());
-    let check = shared.store.check(&mut redis, device, owner, ids);
+    let device = waiting.context.device();
+    let ids = waiting.folders.iter().map(|f| f.id.as_str());
+    let check = shared.store.check(&mut redis, device, &waiting.owner, ids);
     match tokio::time::timeout(shared.config.redis_timeout, check).await {
         Ok(Ok(check)) => Some(check),
         _ => {
@@ -373,4 +362,93 @@ async fn client_gone(stream: &TcpStream, buf: &mut Vec<u8>) {
             Err(_) => return,
         }
     }
+}
+
+fn count(shared: &Shared, outcome: &'static str, status: &'static str) {
+    shared
+        .metrics
+        .pings
+        .get_or_create(&OutcomeLabels { outcome, status })
+        .inc();
+}
+
+const STATUS_LABELS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+
+/// Writes the answer (unless the client is gone), acknowledges what a Status 2 reported (I2),
+/// and records the history row. Returns whether the connection stays open.
+pub async fn finish(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    context: &Context,
+    ended: Result<Finished, ClientGone>,
+) -> std::io::Result<bool> {
+    let mut row = HistoryRow {
+        started_at: context.started_at,
+        ended_at: Utc::now(),
+        mailbox: context.mailbox.clone(),
+        device_id: context.device_id.clone(),
+        device_type: context.device_type.clone(),
+        pod: shared.config.pod.clone(),
+        request_id: context.request_id,
+        requested_heartbeat: context.requested_heartbeat,
+        effective_heartbeat: None,
+        outcome: "client_gone",
+        status: None,
+        changed_folders: Vec::new(),
+        protocol_version: context.protocol_version.clone(),
+        user_agent: context.user_agent.clone(),
+    };
+    let written = match ended {
+        Err(ClientGone) => {
+            count(shared, "client_gone", "");
+            Ok(false)
+        }
+        Ok(finished) => {
+            let written = answer(shared, stream, context, &finished).await;
+            row.outcome = finished.outcome;
+            row.status = Some(finished.response.status.code());
+            row.effective_heartbeat = finished.heartbeat;
+            row.changed_folders = finished.response.folders;
+            written.map(|()| context.keep_alive)
+        }
+    };
+    row.ended_at = Utc::now();
+    shared.history.record(row);
+    written
+}
+
+async fn answer(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    context: &Context,
+    finished: &Finished,
+) -> std::io::Result<()> {
+    let status = finished.response.status.code();
+    count(
+        shared,
+        finished.outcome,
+        STATUS_LABELS[usize::from(status).min(8)],
+    );
+    shared.count_http(200);
+    let bytes = response::wbxml(&finished.response.encode(), context.keep_alive);
+    stream.write_all(&bytes).await?;
+    if let Some(accepted) = finished.accepted_at_us {
+        let latency = dp_runtime::now_us().saturating_sub(accepted);
+        shared.metrics.wake_latency.observe(latency as f64 / 1e6);
+    }
+    if finished.reported.is_empty() {
+        return Ok(());
+    }
+    let mut redis = shared.redis.clone();
+    let device = context.device();
+    let ack = shared.store.ack(&mut redis, device, &finished.reported);
+    if !matches!(
+        tokio::time::timeout(shared.config.redis_timeout, ack).await,
+        Ok(Ok(()))
+    ) {
+        // Not acknowledged means the device hears of it again: a duplicate, never a loss.
+        shared.metrics.redis_errors.inc();
+        tracing::warn!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not acknowledged in Redis; the device will hear of it again");
+    }
+    Ok(())
 }

@@ -9,17 +9,28 @@ use tokio::net::TcpStream;
 use crate::auth::AuthError;
 use crate::http::request::{Method, Request};
 use crate::http::response;
-use crate::{ping, Shared};
+use crate::ping::{self, Started};
+use crate::Shared;
 
 const EAS_PATH: &str = "/Microsoft-Server-ActiveSync";
 
-/// Answers one request; `Ok(false)` closes the connection.
+/// What became of a request.
+// The large variant is moved straight into the parked state, which holds it anyway; boxing it
+// would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Routed {
+    /// Answered; whether the connection stays open.
+    Done(bool),
+    /// A Ping, answered at once or parked; the connection finishes it.
+    Ping(Started),
+}
+
+/// Answers one request, or starts its Ping.
 pub async fn handle(
     shared: &Arc<Shared>,
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
     request: Request,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Routed> {
     if !request.path.eq_ignore_ascii_case(EAS_PATH) {
         return refuse(shared, stream, 404, "not an ActiveSync path", &[]).await;
     }
@@ -27,22 +38,21 @@ pub async fn handle(
         Method::Options => {
             shared.count_http(200);
             stream.write_all(&response::options()).await?;
-            Ok(request.keep_alive)
+            Ok(Routed::Done(request.keep_alive))
         }
         Method::Other => {
             let allow = [("Allow", "OPTIONS,POST".to_owned())];
             refuse(shared, stream, 405, "use OPTIONS or POST", &allow).await
         }
-        Method::Post => post(shared, stream, buf, request).await,
+        Method::Post => post(shared, stream, request).await,
     }
 }
 
 async fn post(
     shared: &Arc<Shared>,
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
     request: Request,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Routed> {
     let query = match EasRequest::parse_query(&request.query) {
         Ok(query) => query,
         Err(err @ QueryError::UnknownCommand(_)) => {
@@ -70,7 +80,7 @@ async fn post(
                 "accounts unavailable; retry later",
             );
             stream.write_all(&answer).await?;
-            return Ok(false);
+            return Ok(Routed::Done(false));
         }
     };
     if let Some(user) = &query.user {
@@ -90,7 +100,9 @@ async fn post(
         let message = format!("{} is not served by this tier", query.command.name());
         return refuse(shared, stream, 501, &message, &[]).await;
     }
-    ping::serve(shared, stream, buf, &query, mailbox, &request).await
+    Ok(Routed::Ping(
+        ping::start(shared, &query, mailbox, &request).await,
+    ))
 }
 
 /// An error answer; the connection stays open for 401, 403 and 501 (the request was read in
@@ -101,11 +113,11 @@ async fn refuse(
     code: u16,
     message: &str,
     headers: &[(&str, String)],
-) -> std::io::Result<bool> {
+) -> std::io::Result<Routed> {
     let keep = matches!(code, 401 | 403 | 404 | 405 | 501);
     shared.count_http(code);
     stream
         .write_all(&response::error(code, message, headers, !keep))
         .await?;
-    Ok(keep)
+    Ok(Routed::Done(keep))
 }
