@@ -47,6 +47,9 @@ pub struct Shared {
     next_request: AtomicU64,
     rechecks: Semaphore,
     subscribed: AtomicBool,
+    /// Set when the drain starts, before parked Pings are told: a Ping that registers later
+    /// sees the flag, one that registered earlier gets told.
+    draining: AtomicBool,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ pub async fn run(
         next_request: AtomicU64::new(start_ms << 20),
         rechecks: Semaphore::new(64),
         subscribed: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         config,
         redis,
         nats,

@@ -161,6 +161,9 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
     // Registered before the claim: a wake that follows the claim finds the slot.
     let slot = shared.parked.register(&context.key, context.request_id);
     shared.metrics.parked.inc();
+    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        slot.tell(|s| s.end = Some(End::Drained));
+    }
     let longest = ping.heartbeat.unwrap_or(limits.max_heartbeat);
     let owner = Owner {
         pod: shared.config.pod.clone(),
@@ -409,7 +412,8 @@ pub async fn finish(
             row.status = Some(finished.response.status.code());
             row.effective_heartbeat = finished.heartbeat;
             row.changed_folders = finished.response.folders;
-            written.map(|()| context.keep_alive)
+            // A drained device must reconnect, and reach another pod.
+            written.map(|()| context.keep_alive && finished.outcome != "drained")
         }
     };
     row.ended_at = Utc::now();
@@ -430,7 +434,8 @@ async fn answer(
         STATUS_LABELS[usize::from(status).min(8)],
     );
     shared.count_http(200);
-    let bytes = response::wbxml(&finished.response.encode(), context.keep_alive);
+    let keep_alive = context.keep_alive && finished.outcome != "drained";
+    let bytes = response::wbxml(&finished.response.encode(), keep_alive);
     stream.write_all(&bytes).await?;
     if let Some(accepted) = finished.accepted_at_us {
         let latency = dp_runtime::now_us().saturating_sub(accepted);

@@ -55,6 +55,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut drain: Drain)
         }
     }
     drop(listener);
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let parked = shared.parked.tell_all(|s| s.end = Some(End::Drained));
     tracing::info!(parked, "stopped accepting; answering parked Pings");
     let all = u32::try_from(capacity).unwrap_or(u32::MAX);

@@ -199,3 +199,54 @@ async fn a_newer_ping_on_another_pod_supersedes_the_parked_one() {
     );
     env.cleanup().await;
 }
+
+/// A producer may publish a change to the stream directly, without the ingest API (and without
+/// an acceptance time: the stream's timestamp starts the clock). Invalid messages are dropped,
+/// not redelivered forever.
+#[tokio::test]
+async fn changes_published_straight_to_jetstream_wake_too() {
+    let env = Env::new().await;
+    env.account("quinn@example.com", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, "quinn@example.com", "pw", "p");
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(30, &["7"])), 10 * SECOND)
+            .await
+    });
+    env.wait_parked("quinn@example.com", "p", "a", None).await;
+
+    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let js = async_nats::jetstream::new(nats);
+    let subjects = dp_proto::events::Subjects::new(&env.namespace);
+    let invalid = js
+        .publish(
+            subjects.change("quinn@example.com"),
+            "{\"mailbox\": 5}".into(),
+        )
+        .await
+        .expect("published");
+    invalid.await.expect("durable");
+    // Mixed case, as a producer might send it: the mailbox is canonicalised.
+    let change = serde_json::json!({"mailbox": "Quinn@Example.com", "folders": ["7"]});
+    let ack = js
+        .publish(
+            subjects.change("quinn@example.com"),
+            change.to_string().into(),
+        )
+        .await
+        .expect("published");
+    ack.await.expect("durable");
+
+    let answer = parked.await.expect("task").ping();
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["7".to_owned()])
+    );
+    dp_testkit::wait_for("the invalid message to be dropped", 10 * SECOND, || async {
+        (w.metric("dp_watcher_changes_invalid_total").await >= 1.0).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
