@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dp_proto::events::{valid_namespace, ChangeKind};
+use dp_proto::events::ChangeKind;
 use dp_runtime::logging::LogFormat;
-use dp_runtime::ConfigError;
+use dp_runtime::{parse_addr, ConfigError};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct WatcherArgs {
@@ -79,27 +79,10 @@ pub struct Config {
     pub max_batch: usize,
 }
 
-fn addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not host:port")))
-}
-
 impl WatcherArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
-        if !valid_namespace(&self.namespace) {
-            return Err(ConfigError::new(
-                "DP_NAMESPACE",
-                "1-64 letters, digits, '-' or '_'",
-            ));
-        }
-        let pod = self.pod_name.unwrap_or_else(dp_runtime::host_name);
-        if !dp_runtime::valid_pod_name(&pod) {
-            return Err(ConfigError::new(
-                "POD_NAME",
-                format!("{pod:?} is not a usable name"),
-            ));
-        }
+        dp_runtime::check_namespace(&self.namespace)?;
+        let pod = dp_runtime::pod_name(self.pod_name)?;
         let (mut ingest, mut dispatch) = (false, false);
         for role in self.roles.split(',').map(str::trim) {
             match role {
@@ -152,8 +135,8 @@ impl WatcherArgs {
             ));
         }
         Ok(Config {
-            listen_addr: addr("LISTEN_ADDR", &self.listen_addr)?,
-            admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
+            admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
             nats_url: self.nats_url,
             redis_url: self.redis_url,
             namespace: self.namespace,

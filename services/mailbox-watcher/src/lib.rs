@@ -172,11 +172,7 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
             if !shared.stream_ready.load(Ordering::Acquire) {
                 problems.push("change stream not ready");
             }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(problems.join("; "))
-            }
+            dp_runtime::ready_unless(problems)
         })
     })
 }

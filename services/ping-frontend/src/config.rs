@@ -4,10 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dp_proto::events::valid_namespace;
 use dp_proto::ping::PingLimits;
 use dp_runtime::logging::LogFormat;
-use dp_runtime::ConfigError;
+use dp_runtime::{parse_addr, ConfigError};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct FrontendArgs {
@@ -109,12 +108,6 @@ pub struct Config {
     pub migrate_on_start: bool,
 }
 
-fn addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not host:port")))
-}
-
 fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::new(setting, "must be more than 0"));
@@ -124,19 +117,8 @@ fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
 
 impl FrontendArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
-        if !valid_namespace(&self.namespace) {
-            return Err(ConfigError::new(
-                "DP_NAMESPACE",
-                "1-64 letters, digits, '-' or '_'",
-            ));
-        }
-        let pod = self.pod_name.unwrap_or_else(dp_runtime::host_name);
-        if !dp_runtime::valid_pod_name(&pod) {
-            return Err(ConfigError::new(
-                "POD_NAME",
-                format!("{pod:?}: 1-253 letters, digits, '-', '_' or '.'"),
-            ));
-        }
+        dp_runtime::check_namespace(&self.namespace)?;
+        let pod = dp_runtime::pod_name(self.pod_name)?;
         if self.min_heartbeat == 0 || self.min_heartbeat > self.max_heartbeat {
             return Err(ConfigError::new(
                 "MIN_HEARTBEAT",
@@ -160,8 +142,8 @@ impl FrontendArgs {
             .parse()
             .map_err(|e| ConfigError::new("LOG_FORMAT", e))?;
         Ok(Config {
-            listen_addr: addr("LISTEN_ADDR", &self.listen_addr)?,
-            admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
+            admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
             nats_url: self.nats_url,
             redis_url: self.redis_url,
             database_url: self.database_url,

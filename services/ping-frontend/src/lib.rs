@@ -143,11 +143,7 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
             ) {
                 problems.push("Redis not answering");
             }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(problems.join("; "))
-            }
+            dp_runtime::ready_unless(problems)
         })
     })
 }

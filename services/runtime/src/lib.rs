@@ -28,6 +28,89 @@ impl ConfigError {
     }
 }
 
+/// A `host:port` setting.
+pub fn parse_addr(setting: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(setting, format!("{value:?} is not host:port")))
+}
+
+/// `DP_NAMESPACE`: one subject token, one Redis key part, part of a stream name.
+pub fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let valid = (1..=64).contains(&namespace.len())
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "DP_NAMESPACE",
+            "1-64 letters, digits, '-' or '_'",
+        ))
+    }
+}
+
+/// `POD_NAME`, defaulting to the host name.
+pub fn pod_name(configured: Option<String>) -> Result<String, ConfigError> {
+    let pod = configured.unwrap_or_else(host_name);
+    if valid_pod_name(&pod) {
+        Ok(pod)
+    } else {
+        Err(ConfigError::new(
+            "POD_NAME",
+            format!("{pod:?}: 1-253 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+/// Readiness from a list of problems: ready when there are none.
+pub fn ready_unless(problems: Vec<&str>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// A service's `main`: configuration errors exit 64 before anything starts; then logging, a
+/// runtime, and `work`, whose error is logged once and exits 1.
+pub fn main<C, F, Fut>(
+    program: &str,
+    config: Result<C, ConfigError>,
+    log_format: impl Fn(&C) -> logging::LogFormat,
+    work: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{program}: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    logging::init(log_format(&config));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{program}: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "{program} stopped");
+            eprintln!("{program}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Microseconds since the Unix epoch, the unit events carry.
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()

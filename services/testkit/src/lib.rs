@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use client::{Device, HttpResponse};
 pub use env::Env;
 pub use proxy::Proxy;
-pub use services::{Frontend, Watcher};
+pub use services::{Frontend, Service, Watcher};
 
 /// Polls `check` until it returns `Some`, or fails the test after `within`, naming `what`.
 /// Conditions, not sleeps: the test goes on the moment the condition holds.

@@ -138,54 +138,45 @@ pub fn sample(page: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[derive(Parser)]
-struct FrontendCli {
-    #[command(flatten)]
-    args: ping_frontend::FrontendArgs,
-}
-
-pub struct Frontend {
+/// A running frontend or watcher.
+pub struct Service {
     pub pod: String,
+    /// Devices' address (frontend) or the ingest API (watcher).
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     running: Running,
 }
 
-impl Frontend {
-    /// Starts a frontend named `pod` and waits until it is ready. Heartbeats down to 1 s are
-    /// allowed so tests need not wait a minute.
-    pub async fn start(env: &Env, pod: &str, overrides: &[(&str, &str)]) -> Frontend {
+impl Service {
+    /// Binds its ports, starts `run` on a runtime of its own, and waits until it is ready.
+    async fn launch<F, Fut>(
+        kind: &str,
+        pod: &str,
+        argv: impl FnOnce(SocketAddr, SocketAddr) -> Vec<String>,
+        run: F,
+    ) -> Service
+    where
+        F: FnOnce(
+                Vec<String>,
+                tokio::net::TcpListener,
+                tokio::net::TcpListener,
+                dp_runtime::shutdown::Drain,
+            ) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let (listener, addr) = local_listener();
         let (admin_listener, admin) = local_listener();
-        let argv = args(
-            "ping-frontend",
-            vec![
-                ("--namespace", env.namespace.clone()),
-                ("--pod-name", pod.to_owned()),
-                ("--nats-url", env.nats_url.clone()),
-                ("--redis-url", env.redis_url.clone()),
-                ("--database-url", env.database_url.clone()),
-                ("--listen-addr", addr.to_string()),
-                ("--admin-addr", admin.to_string()),
-                ("--min-heartbeat", "1".into()),
-                ("--log-format", "text".into()),
-                ("--device-state-ttl-days", "1".into()),
-            ],
-            overrides,
-        );
-        let config = FrontendCli::try_parse_from(argv)
-            .expect("frontend flags parse")
-            .args
-            .check()
-            .expect("frontend configuration is valid");
+        let argv = argv(addr, admin);
         dp_runtime::logging::init(dp_runtime::logging::LogFormat::Text);
-        let running = Running::spawn(format!("frontend-{pod}"), move |drain| async move {
+        let running = Running::spawn(format!("{kind}-{pod}"), move |drain| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let admin = tokio::net::TcpListener::from_std(admin_listener)?;
-            ping_frontend::run(config, listener, admin, drain).await
+            run(argv, listener, admin, drain).await
         });
-        wait_ready(admin, &format!("frontend {pod}")).await;
-        Frontend {
+        wait_ready(admin, &format!("{kind} {pod}")).await;
+        Service {
             pod: pod.to_owned(),
             addr,
             admin,
@@ -216,72 +207,92 @@ impl Frontend {
 }
 
 #[derive(Parser)]
+struct FrontendCli {
+    #[command(flatten)]
+    args: ping_frontend::FrontendArgs,
+}
+
+#[derive(Parser)]
 struct WatcherCli {
     #[command(flatten)]
     args: mailbox_watcher::WatcherArgs,
 }
 
-pub struct Watcher {
-    pub pod: String,
-    /// The ingest API.
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    running: Running,
+/// A frontend; see [`Service`].
+pub struct Frontend(Service);
+
+impl Frontend {
+    /// Starts a frontend named `pod` and waits until it is ready. Heartbeats down to 1 s are
+    /// allowed so tests need not wait a minute.
+    pub async fn start(env: &Env, pod: &str, overrides: &[(&str, &str)]) -> Frontend {
+        let defaults = |addr: SocketAddr, admin: SocketAddr| {
+            args(
+                "ping-frontend",
+                vec![
+                    ("--namespace", env.namespace.clone()),
+                    ("--pod-name", pod.to_owned()),
+                    ("--nats-url", env.nats_url.clone()),
+                    ("--redis-url", env.redis_url.clone()),
+                    ("--database-url", env.database_url.clone()),
+                    ("--listen-addr", addr.to_string()),
+                    ("--admin-addr", admin.to_string()),
+                    ("--min-heartbeat", "1".into()),
+                    ("--log-format", "text".into()),
+                    ("--device-state-ttl-days", "1".into()),
+                ],
+                overrides,
+            )
+        };
+        Frontend(
+            Service::launch(
+                "frontend",
+                pod,
+                defaults,
+                |argv, listener, admin, drain| async move {
+                    let config = FrontendCli::try_parse_from(argv)?.args.check()?;
+                    ping_frontend::run(config, listener, admin, drain).await
+                },
+            )
+            .await,
+        )
+    }
 }
+
+/// A watcher with both roles unless told otherwise; see [`Service`].
+pub struct Watcher(Service);
 
 impl Watcher {
     pub async fn start(env: &Env, pod: &str, overrides: &[(&str, &str)]) -> Watcher {
-        let (listener, addr) = local_listener();
-        let (admin_listener, admin) = local_listener();
-        let argv = args(
-            "mailbox-watcher",
-            vec![
-                ("--namespace", env.namespace.clone()),
-                ("--pod-name", pod.to_owned()),
-                ("--nats-url", env.nats_url.clone()),
-                ("--redis-url", env.redis_url.clone()),
-                ("--listen-addr", addr.to_string()),
-                ("--admin-addr", admin.to_string()),
-                ("--ingest-token", env.ingest_token.clone()),
-                ("--log-format", "text".into()),
-                ("--ack-wait-secs", "3".into()),
-                ("--device-state-ttl-days", "1".into()),
-            ],
-            overrides,
-        );
-        let config = WatcherCli::try_parse_from(argv)
-            .expect("watcher flags parse")
-            .args
-            .check()
-            .expect("watcher configuration is valid");
-        dp_runtime::logging::init(dp_runtime::logging::LogFormat::Text);
-        let running = Running::spawn(format!("watcher-{pod}"), move |drain| async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let admin = tokio::net::TcpListener::from_std(admin_listener)?;
-            mailbox_watcher::run(config, Some(listener), admin, drain).await
-        });
-        wait_ready(admin, &format!("watcher {pod}")).await;
-        Watcher {
-            pod: pod.to_owned(),
-            addr,
-            admin,
-            running,
-        }
-    }
-
-    pub fn kill(&mut self) {
-        self.running.kill();
-    }
-
-    pub fn stop(&mut self) {
-        self.running.stop();
-    }
-
-    pub async fn metric(&self, series: &str) -> f64 {
-        let response = http_get(self.admin, "/metrics")
-            .await
-            .expect("metrics answer");
-        sample(&String::from_utf8_lossy(&response.body), series)
+        let defaults = |addr: SocketAddr, admin: SocketAddr| {
+            args(
+                "mailbox-watcher",
+                vec![
+                    ("--namespace", env.namespace.clone()),
+                    ("--pod-name", pod.to_owned()),
+                    ("--nats-url", env.nats_url.clone()),
+                    ("--redis-url", env.redis_url.clone()),
+                    ("--listen-addr", addr.to_string()),
+                    ("--admin-addr", admin.to_string()),
+                    ("--ingest-token", env.ingest_token.clone()),
+                    ("--log-format", "text".into()),
+                    ("--ack-wait-secs", "3".into()),
+                    ("--device-state-ttl-days", "1".into()),
+                ],
+                overrides,
+            )
+        };
+        Watcher(
+            Service::launch(
+                "watcher",
+                pod,
+                defaults,
+                |argv, listener, admin, drain| async move {
+                    let config = WatcherCli::try_parse_from(argv)?.args.check()?;
+                    mailbox_watcher::run(config, Some(listener), admin, drain).await
+                },
+            )
+            .await,
+        )
     }
 
     /// POSTs a change (or a JSON array of them) to the ingest API with the test token.
@@ -301,4 +312,34 @@ impl Watcher {
             .await;
         assert_eq!(response.status, 202, "change accepted: {}", response.text());
     }
+
+    /// Waits until this watcher has dispatched and acknowledged at least `count` changes.
+    pub async fn wait_dispatched(&self, count: u64) {
+        crate::wait_for(
+            &format!("{count} changes dispatched by {}", self.pod),
+            Duration::from_secs(10),
+            || async move {
+                (self.metric("dp_watcher_changes_dispatched_total").await >= count as f64)
+                    .then_some(())
+            },
+        )
+        .await
+    }
 }
+
+macro_rules! service_deref {
+    ($($kind:ident),*) => {$(
+        impl std::ops::Deref for $kind {
+            type Target = Service;
+            fn deref(&self) -> &Service {
+                &self.0
+            }
+        }
+        impl std::ops::DerefMut for $kind {
+            fn deref_mut(&mut self) -> &mut Service {
+                &mut self.0
+            }
+        }
+    )*};
+}
+service_deref!(Frontend, Watcher);

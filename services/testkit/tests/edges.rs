@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest, PingStatus};
 use dp_proto::wbxml::{encode, Element};
 use dp_testkit::client::{ping_body, raw};
-use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
+use dp_testkit::{Device, Env, Frontend, Watcher};
 use serde_json::json;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -43,10 +43,7 @@ async fn modifications_and_removals_do_not_wake() {
             .await;
         assert_eq!(response.status, 202);
     }
-    wait_for("both changes dispatched", 10 * SECOND, || async {
-        (w.metric("dp_watcher_changes_dispatched_total").await >= 2.0).then_some(())
-    })
-    .await;
+    w.wait_dispatched(2).await;
     let (mut phone, elapsed, response) = parked.await.expect("device task");
     assert_eq!(response.ping().status, PingStatus::Expired, "not woken");
     assert!(elapsed >= 2 * SECOND - Duration::from_millis(50));
@@ -338,10 +335,7 @@ async fn bursts_are_coalesced() {
     );
     let (mut phone, response) = parked.await.expect("task");
     assert_eq!(response.ping().folders, vec!["1".to_owned()]);
-    wait_for("all 50 changes dispatched", 10 * SECOND, || async {
-        (w.metric("dp_watcher_changes_dispatched_total").await >= 50.0).then_some(())
-    })
-    .await;
+    w.wait_dispatched(50).await;
     let wakes = w.metric("dp_watcher_wakes_sent_total").await;
     assert!(
         (1.0..10.0).contains(&wakes),

@@ -48,10 +48,7 @@ async fn frontend_crash_loses_no_change() {
 
     // Changed while the devices were not parked anywhere.
     w.change(&env, "frank", &["1"]).await;
-    wait_for("the change to be dispatched", 10 * SECOND, || async {
-        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
-    })
-    .await;
+    w.wait_dispatched(1).await;
     for device in &mut devices {
         device.move_to(b.addr);
         let answer = device
@@ -145,12 +142,7 @@ async fn watcher_crash_after_202_loses_no_change() {
     assert_eq!(heard, vec!["1".to_owned(), "2".to_owned()]);
     // w2 may have dispatched change 1 before its Redis was cut; change 2 it failed, so w3
     // delivered it (the device is woken before the watcher acknowledges; the ack follows).
-    wait_for(
-        "the restarted watcher to acknowledge the failed change",
-        10 * SECOND,
-        || async { (w3.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(()) },
-    )
-    .await;
+    w3.wait_dispatched(1).await;
     env.cleanup().await;
 }
 
@@ -185,10 +177,7 @@ async fn nats_partition_loses_no_change() {
     )
     .await;
     w.change(&env, "heidi", &["1"]).await;
-    wait_for("the change to be dispatched", 10 * SECOND, || async {
-        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
-    })
-    .await;
+    w.wait_dispatched(1).await;
     proxy.restore();
 
     let answer = parked.await.expect("device task").ping();

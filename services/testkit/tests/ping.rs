@@ -95,7 +95,7 @@ async fn changes_made_while_not_parked_are_answered_at_once() {
     assert_eq!(first.ping().status, PingStatus::Expired);
 
     w.change(&env, "carol", &["2"]).await;
-    wait_dispatched(&w).await;
+    w.wait_dispatched(1).await;
     let started = Instant::now();
     let answer = phone
         .ping_within(Some(&ping_body(30, &["1", "2"])), 5 * SECOND)
@@ -109,20 +109,13 @@ async fn changes_made_while_not_parked_are_answered_at_once() {
 
     // Between that Status 2 and the next Ping.
     w.change(&env, "carol", &["1"]).await;
-    wait_dispatched(&w).await;
+    w.wait_dispatched(2).await;
     let answer = phone.ping_within(None, 5 * SECOND).await.ping();
     assert_eq!(
         (answer.status, answer.folders),
         (PingStatus::Changes, vec!["1".to_owned()])
     );
     env.cleanup().await;
-}
-
-async fn wait_dispatched(w: &Watcher) {
-    dp_testkit::wait_for("the watcher to dispatch", 10 * SECOND, || async {
-        (w.metric("dp_watcher_changes_dispatched_total").await >= 1.0).then_some(())
-    })
-    .await;
 }
 
 /// 4. An empty Ping on pod B after a full one on pod A reuses A's parameters; an empty Ping
