@@ -77,6 +77,14 @@ pub struct FrontendArgs {
     pub history_batch: usize,
     #[arg(long, env = "HISTORY_RETENTION_DAYS", default_value_t = 30)]
     pub history_retention_days: u32,
+    /// Seconds between SIGTERM and no longer accepting: the pod reports not ready at once and
+    /// keeps serving while load balancers notice.
+    #[arg(long, env = "DRAIN_DELAY_SECS", default_value_t = 5)]
+    pub drain_delay_secs: u64,
+    /// Seconds over which parked Pings are answered (Status 1) once the pod stops accepting,
+    /// spread evenly so devices reconnect elsewhere without a herd.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
     /// Apply database migrations at start-up.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
@@ -106,6 +114,8 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub history: dp_db::history::WriterConfig,
     pub migrate_on_start: bool,
+    pub drain_delay: Duration,
+    pub drain: Duration,
 }
 
 fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
@@ -172,6 +182,8 @@ impl FrontendArgs {
                 retention_days: self.history_retention_days,
             },
             migrate_on_start: self.migrate_on_start,
+            drain_delay: Duration::from_secs(self.drain_delay_secs),
+            drain: Duration::from_secs(self.drain_secs),
         })
     }
 }

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Set when the drain starts, before parked Pings are told: a Ping that registers later
     /// sees the flag, one that registered earlier gets told.
     draining: AtomicBool,
+    /// Set on the drain signal: the pod reports not ready from then on.
+    shutting_down: AtomicBool,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ pub async fn run(
         rechecks: Semaphore::new(64),
         subscribed: AtomicBool::new(false),
         draining: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
         config,
         redis,
         nats,
@@ -105,10 +108,12 @@ pub async fn run(
     });
     cluster::watch_connection(shared.clone(), nats_events);
     cluster::subscribe(&shared, &drain).await?;
+    // The admin port outlives the drain, so probes see "not ready" throughout it.
+    let (admin_stop, admin_drain) = dp_runtime::shutdown::Shutdown::new();
     let admin_task = tokio::spawn(dp_runtime::admin::serve(
         admin,
         dp_runtime::admin::router(Arc::new(registry), readiness(shared.clone())),
-        drain.clone(),
+        admin_drain,
     ));
     tracing::info!(
         pod = %shared.config.pod,
@@ -116,6 +121,7 @@ pub async fn run(
         "ping-frontend serving"
     );
     server::serve(shared.clone(), listener, drain).await;
+    admin_stop.signal();
     let _ = admin_task.await;
     // Every Ping is answered: write their history, then stop.
     history_writer.finish(Duration::from_secs(5)).await;
@@ -128,6 +134,9 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
         let shared = shared.clone();
         Box::pin(async move {
             let mut problems = Vec::new();
+            if shared.shutting_down.load(Ordering::SeqCst) {
+                problems.push("draining");
+            }
             if !shared.subscribed.load(Ordering::Acquire) {
                 problems.push("not yet subscribed to its NATS subjects");
             }

@@ -126,6 +126,19 @@ impl Parked {
         true
     }
 
+    /// Every parked Ping's slot, now.
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .values()
+                    .map(|e| e.slot.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Tells every parked Ping the same thing (reconnect re-check, drain).
     pub fn tell_all(&self, update: impl Fn(&mut Signals)) -> usize {
         let mut told = 0;

@@ -12,15 +12,33 @@ use crate::http::response;
 use crate::parked::End;
 use crate::{connection, Shared};
 
-/// How long the drain waits for parked Pings to be answered and their connections to close.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// How long past DRAIN_SECS the drain waits for the last connections to close.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut drain: Drain) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
     let capacity = shared.config.max_connections;
     let permits = Arc::new(Semaphore::new(capacity));
+    // On the drain signal the pod reports not ready at once, and keeps accepting for the drain
+    // delay while load balancers notice.
+    let stop_accepting = {
+        let (shared, mut drain) = (shared.clone(), drain.clone());
+        async move {
+            drain.signalled().await;
+            shared
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let delay = shared.config.drain_delay;
+            tracing::info!(
+                delay_secs = delay.as_secs_f64(),
+                "draining: reporting not ready"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::pin!(stop_accepting);
     loop {
         let accepted = tokio::select! {
-            _ = drain.signalled() => break,
+            _ = &mut stop_accepting => break,
             accepted = listener.accept() => accepted,
         };
         let (mut stream, _peer) = match accepted {
@@ -55,13 +73,34 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut drain: Drain)
         }
     }
     drop(listener);
+    drain_parked(&shared, &permits, capacity).await;
+}
+
+/// Answers the parked Pings with Status 1 spread evenly over DRAIN_SECS, so their devices
+/// reconnect elsewhere without a herd; returns when every connection is closed, or at the
+/// deadline.
+async fn drain_parked(shared: &Shared, permits: &Semaphore, capacity: usize) {
     shared
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let parked = shared.parked.tell_all(|s| s.end = Some(End::Drained));
-    tracing::info!(parked, "stopped accepting; answering parked Pings");
-    let all = u32::try_from(capacity).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_DEADLINE, permits.acquire_many(all))
+    let slots = shared.parked.slots();
+    let spread = shared.config.drain;
+    tracing::info!(
+        parked = slots.len(),
+        spread_secs = spread.as_secs_f64(),
+        "stopped accepting; answering parked Pings"
+    );
+    let started = tokio::time::Instant::now();
+    let count = slots.len().max(1) as u32;
+    let answer_all = async {
+        for (i, slot) in slots.into_iter().enumerate() {
+            tokio::time::sleep_until(started + spread * i as u32 / count).await;
+            slot.tell(|s| s.end = Some(End::Drained));
+        }
+        let all = u32::try_from(capacity).unwrap_or(u32::MAX);
+        let _ = permits.acquire_many(all).await;
+    };
+    if tokio::time::timeout(spread + DRAIN_GRACE, answer_all)
         .await
         .is_err()
     {

@@ -237,6 +237,8 @@ impl Frontend {
                     ("--listen-addr", addr.to_string()),
                     ("--admin-addr", admin.to_string()),
                     ("--min-heartbeat", "1".into()),
+                    ("--drain-delay-secs", "0".into()),
+                    ("--drain-secs", "1".into()),
                     ("--log-format", "text".into()),
                     ("--device-state-ttl-days", "1".into()),
                 ],
