@@ -37,11 +37,7 @@ pub fn parse_addr(setting: &'static str, value: &str) -> Result<std::net::Socket
 
 /// `DP_NAMESPACE`: one subject token, one Redis key part, part of a stream name.
 pub fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
-    let valid = (1..=64).contains(&namespace.len())
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid {
+    if dp_proto::events::valid_namespace(namespace) {
         Ok(())
     } else {
         Err(ConfigError::new(
