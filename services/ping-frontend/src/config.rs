@@ -46,6 +46,13 @@ pub struct FrontendArgs {
     /// Open connections beyond which new ones get 503 + Retry-After.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
+    /// Open connections from one source address beyond which new ones get 503 (0: no limit).
+    /// Carrier NAT puts many phones behind one address: keep it generous.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_SOURCE", default_value_t = 10_000)]
+    pub max_connections_per_source: usize,
+    /// Pings one device may send per minute before it gets 503 + Retry-After (0: no limit).
+    #[arg(long, env = "PINGS_PER_DEVICE_PER_MINUTE", default_value_t = 60)]
+    pub pings_per_device_per_minute: u32,
     /// Seconds a client is told to wait in Retry-After.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
     pub retry_after_secs: u32,
@@ -103,6 +110,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub limits: PingLimits,
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub pings_per_device_per_minute: u32,
     pub retry_after_secs: u32,
     pub listen_backlog: u32,
     pub reuse_port: bool,
@@ -166,6 +175,8 @@ impl FrontendArgs {
                 max_folders: self.max_folders,
             },
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            pings_per_device_per_minute: self.pings_per_device_per_minute,
             retry_after_secs: self.retry_after_secs,
             listen_backlog: self.listen_backlog,
             reuse_port: self.reuse_port,

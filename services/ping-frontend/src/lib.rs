@@ -9,6 +9,7 @@ mod cluster;
 pub mod config;
 mod connection;
 mod http;
+mod limits;
 pub mod metrics;
 mod parked;
 mod ping;
@@ -52,6 +53,8 @@ pub struct Shared {
     draining: AtomicBool,
     /// Set on the drain signal: the pod reports not ready from then on.
     shutting_down: AtomicBool,
+    sources: Arc<limits::SourceLimit>,
+    ping_rate: limits::PingRate,
 }
 
 impl Shared {
@@ -59,6 +62,13 @@ impl Shared {
     /// left, so a restarted pod with the same name never reuses a live id.
     fn next_request_id(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn count_limited(&self, limit: &'static str) {
+        self.metrics
+            .limited
+            .get_or_create(&metrics::LimitLabels { limit })
+            .inc();
     }
 
     fn count_http(&self, code: u16) {
@@ -100,6 +110,8 @@ pub async fn run(
         subscribed: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
+        sources: limits::SourceLimit::new(config.max_connections_per_source),
+        ping_rate: limits::PingRate::new(config.pings_per_device_per_minute),
         config,
         redis,
         nats,

@@ -24,7 +24,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 pub struct Metrics {
+    pub limited: Family<LimitLabels, Counter>,
     pub parked: Gauge,
     pub connections: Gauge,
     pub pings: Family<OutcomeLabels, Counter>,
@@ -40,6 +46,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
+            limited: Family::default(),
             parked: Gauge::default(),
             connections: Gauge::default(),
             pings: Family::default(),
@@ -53,6 +60,11 @@ impl Metrics {
             history: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_frontend");
+        r.register(
+            "limited",
+            "Requests refused by a limit (connections, connections_per_source, pings_per_device)",
+            metrics.limited.clone(),
+        );
         r.register(
             "parked_pings",
             "Pings parked on this pod now",

@@ -100,6 +100,16 @@ async fn post(
         let message = format!("{} is not served by this tier", query.command.name());
         return refuse(shared, stream, 501, &message, &[]).await;
     }
+    let device = dp_proto::ids::device_key(&mailbox, &query.device_id);
+    if let Err(wait) = shared.ping_rate.check(&device) {
+        shared.count_limited("pings_per_device");
+        tracing::info!(%mailbox, device = %query.device_id, "Ping refused: over the per-device rate");
+        shared.count_http(503);
+        let retry = (wait.as_secs() as u32).max(1);
+        let answer = response::unavailable(retry, "too many Pings from this device; retry later");
+        stream.write_all(&answer).await?;
+        return Ok(Routed::Done(false));
+    }
     Ok(Routed::Ping(
         ping::start(shared, &query, mailbox, &request).await,
     ))

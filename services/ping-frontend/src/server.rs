@@ -41,7 +41,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             _ = &mut stop_accepting => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, _peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors or a connection reset before accept: back off
@@ -51,21 +51,29 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 continue;
             }
         };
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let admitted = match permits.clone().try_acquire_owned() {
+            Err(_) => Err("connections"),
+            Ok(permit) => match shared.sources.acquire(peer.ip()) {
+                Some(source) => Ok((permit, source)),
+                None => Err("connections_per_source"),
+            },
+        };
+        match admitted {
+            Ok((permit, source)) => {
                 let shared = shared.clone();
                 let drain = drain.clone();
                 tokio::spawn(async move {
                     connection::serve(&shared, stream, drain).await;
-                    drop(permit);
+                    drop((permit, source));
                 });
             }
-            Err(_) => {
+            Err(limit) => {
+                shared.count_limited(limit);
+                shared.count_http(503);
                 let answer = response::unavailable(
                     shared.config.retry_after_secs,
-                    "too many connections; retry later",
+                    &format!("too many connections ({limit}); retry later"),
                 );
-                shared.count_http(503);
                 tokio::spawn(async move {
                     let _ = stream.write_all(&answer).await;
                 });

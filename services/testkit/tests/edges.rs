@@ -349,3 +349,63 @@ async fn bursts_are_coalesced() {
     assert_eq!(next.status, PingStatus::Expired);
     env.cleanup().await;
 }
+
+/// A device stuck in a re-ping loop gets 503 + Retry-After instead of service, and so does a
+/// source address holding too many connections; others are unaffected.
+#[tokio::test]
+async fn looping_devices_and_greedy_sources_are_limited() {
+    let env = Env::new().await;
+    env.account("sam", "pw").await;
+    let a = Frontend::start(&env, "a", &[("--pings-per-device-per-minute", "3")]).await;
+    let mut looping = Device::new(a.addr, "sam", "pw", "loop");
+    for _ in 0..3 {
+        let answer = looping
+            .send(&looping.ping_request_with(b"junk"))
+            .await
+            .expect("answered");
+        assert_eq!(answer.ping().status, PingStatus::SyntaxError);
+    }
+    let refused = looping
+        .send(&looping.ping_request_with(b"junk"))
+        .await
+        .expect("answered");
+    assert_eq!(refused.status, 503);
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let mut other = Device::new(a.addr, "sam", "pw", "calm");
+    let answer = other
+        .send(&other.ping_request_with(b"junk"))
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer.ping().status,
+        PingStatus::SyntaxError,
+        "another device is served"
+    );
+    assert!(
+        a.metric("dp_frontend_limited_total{limit=\"pings_per_device\"}")
+            .await
+            >= 1.0
+    );
+
+    let b = Frontend::start(&env, "b", &[("--max-connections-per-source", "2")]).await;
+    let _held = [
+        tokio::net::TcpStream::connect(b.addr).await.expect("first"),
+        tokio::net::TcpStream::connect(b.addr)
+            .await
+            .expect("second"),
+    ];
+    let response = raw(
+        b.addr,
+        b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\n\r\n",
+    )
+    .await
+    .expect("answered");
+    assert_eq!(response.status, 503);
+    assert!(response.header("retry-after").is_some());
+    assert!(response.text().contains("connections_per_source"));
+    env.cleanup().await;
+}

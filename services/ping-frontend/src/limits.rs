@@ -1,0 +1,164 @@
+//! Limits that protect the pod from one client: connections per source address, and Pings per
+//! device per minute (a device stuck in a re-ping loop gets 503 + Retry-After, not service).
+//! Both are counted per pod, in memory: a load balancer keeps a device's connection on one pod.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 32;
+
+/// Open connections per source address.
+pub struct SourceLimit {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held while a connection is open; releases its count when dropped.
+pub struct SourceSlot {
+    limit: Arc<SourceLimit>,
+    source: IpAddr,
+}
+
+impl SourceLimit {
+    /// `max` 0 means unlimited.
+    pub fn new(max: usize) -> Arc<SourceLimit> {
+        Arc::new(SourceLimit {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection from `source`, unless it already has the most allowed.
+    pub fn acquire(self: &Arc<Self>, source: IpAddr) -> Option<SourceSlot> {
+        if self.max == 0 {
+            return Some(SourceSlot {
+                limit: self.clone(),
+                source,
+            });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(source).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            limit: self.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if self.limit.max == 0 {
+            return;
+        }
+        let mut open = self.limit.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Pings per device per fixed one-minute window. Windows of devices that stopped pinging are
+/// swept as the shard is touched, so memory follows the devices active this minute.
+pub struct PingRate {
+    max: u32,
+    window: Duration,
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+}
+
+struct Shard {
+    counts: HashMap<String, (Instant, u32)>,
+    swept: Instant,
+}
+
+impl PingRate {
+    /// `max` 0 means unlimited.
+    pub fn new(max: u32) -> PingRate {
+        PingRate {
+            max,
+            window: Duration::from_secs(60),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        counts: HashMap::new(),
+                        swept: Instant::now(),
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Counts a Ping of `device`; `Err(retry_after)` when it is over the limit.
+    pub fn check(&self, device: &str) -> Result<(), Duration> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let index = (self.hasher.hash_one(device) as usize) % SHARDS;
+        let mut shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(shard.swept) >= self.window {
+            let window = self.window;
+            shard
+                .counts
+                .retain(|_, (start, _)| now.duration_since(*start) < window);
+            shard.swept = now;
+        }
+        let (start, count) = shard.counts.entry(device.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > self.max {
+            Err(self.window.saturating_sub(now.duration_since(*start)))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_slots_are_counted_and_released() {
+        let limit = SourceLimit::new(2);
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let a = limit.acquire(ip).expect("first");
+        let _b = limit.acquire(ip).expect("second");
+        assert!(limit.acquire(ip).is_none(), "third refused");
+        assert!(
+            limit.acquire([127, 0, 0, 2].into()).is_some(),
+            "other sources unaffected"
+        );
+        drop(a);
+        assert!(
+            limit.acquire(ip).is_some(),
+            "a closed connection frees its slot"
+        );
+    }
+
+    #[test]
+    fn pings_over_the_rate_are_refused_with_a_wait() {
+        let rate = PingRate::new(3);
+        for _ in 0..3 {
+            assert!(rate.check("d").is_ok());
+        }
+        let wait = rate.check("d").expect_err("fourth in the minute");
+        assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
+        assert!(rate.check("e").is_ok(), "other devices unaffected");
+        assert!(PingRate::new(0).check("d").is_ok(), "0 is unlimited");
+    }
+}
