@@ -46,6 +46,15 @@ pub struct FrontendArgs {
     /// Open connections beyond which new ones get 503 + Retry-After.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
+    /// PEM certificate chain: with TLS_KEY, the Ping listener speaks TLS (1.2 and 1.3).
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of TLS_CERT.
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Seconds between checks of the certificate files for changes (SIGHUP reloads at once).
+    #[arg(long, env = "TLS_RELOAD_SECS", default_value_t = 10)]
+    pub tls_reload_secs: u64,
     /// Open connections from one source address beyond which new ones get 503 (0: no limit).
     /// Carrier NAT puts many phones behind one address: keep it generous.
     #[arg(long, env = "MAX_CONNECTIONS_PER_SOURCE", default_value_t = 10_000)]
@@ -110,6 +119,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub limits: PingLimits,
     pub max_connections: usize,
+    pub tls: Option<crate::tls::TlsFiles>,
     pub max_connections_per_source: usize,
     pub pings_per_device_per_minute: u32,
     pub retry_after_secs: u32,
@@ -156,6 +166,20 @@ impl FrontendArgs {
         positive("HISTORY_BATCH", self.history_batch as u64)?;
         positive("HISTORY_QUEUE", self.history_queue as u64)?;
         positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert,
+                    key,
+                    reload_every: std::time::Duration::from_secs(self.tls_reload_secs.max(1)),
+                };
+                crate::tls::load(&files)
+                    .map_err(|reason| ConfigError::new("TLS_CERT/TLS_KEY", reason))?;
+                Some(files)
+            }
+            _ => return Err(ConfigError::new("TLS_CERT/TLS_KEY", "set both, or neither")),
+        };
         let log_format = self
             .log_format
             .parse()
@@ -175,6 +199,7 @@ impl FrontendArgs {
                 max_folders: self.max_folders,
             },
             max_connections: self.max_connections,
+            tls,
             max_connections_per_source: self.max_connections_per_source,
             pings_per_device_per_minute: self.pings_per_device_per_minute,
             retry_after_secs: self.retry_after_secs,

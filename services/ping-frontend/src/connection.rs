@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::transport::Transport;
 use dp_runtime::shutdown::Drain;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::http::request::{self, ReadError};
 use crate::http::response;
@@ -13,9 +13,8 @@ use crate::ping::{self, Started};
 use crate::router::{self, Routed};
 use crate::Shared;
 
-pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain) {
+pub async fn serve<S: Transport>(shared: &Arc<Shared>, mut stream: S, mut drain: Drain) {
     shared.metrics.connections.inc();
-    let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
         let read = tokio::select! {
@@ -56,7 +55,7 @@ pub async fn serve(shared: &Arc<Shared>, mut stream: TcpStream, mut drain: Drain
                     .unwrap_or(false)
             }
             Ok(Routed::Ping(Started::Parked(waiting))) => {
-                let ended = ping::wait(&waiting, &stream, &mut buf).await;
+                let ended = ping::wait(&waiting, &mut stream, &mut buf).await;
                 Box::pin(ping::finish(shared, &mut stream, &waiting.context, ended))
                     .await
                     .unwrap_or(false)

@@ -15,6 +15,8 @@ mod parked;
 mod ping;
 mod router;
 mod server;
+pub mod tls;
+mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,6 +56,7 @@ pub struct Shared {
     /// Set on the drain signal: the pod reports not ready from then on.
     shutting_down: AtomicBool,
     sources: Arc<limits::SourceLimit>,
+    tls: Option<Arc<tls::Tls>>,
     ping_rate: limits::PingRate,
 }
 
@@ -111,6 +114,12 @@ pub async fn run(
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         sources: limits::SourceLimit::new(config.max_connections_per_source),
+        tls: match &config.tls {
+            Some(files) => Some(Arc::new(
+                tls::Tls::new(files.clone()).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        },
         ping_rate: limits::PingRate::new(config.pings_per_device_per_minute),
         config,
         redis,
@@ -119,6 +128,9 @@ pub async fn run(
         metrics,
     });
     cluster::watch_connection(shared.clone(), nats_events);
+    if let Some(tls) = &shared.tls {
+        tls.clone().watch(shared.metrics.tls_reloads.clone());
+    }
     cluster::subscribe(&shared, &drain).await?;
     // The admin port outlives the drain, so probes see "not ready" throughout it.
     let (admin_stop, admin_drain) = dp_runtime::shutdown::Shutdown::new();

@@ -31,6 +31,8 @@ pub struct LimitLabels {
 
 pub struct Metrics {
     pub limited: Family<LimitLabels, Counter>,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    pub tls_handshake_failures: Counter,
     pub parked: Gauge,
     pub connections: Gauge,
     pub pings: Family<OutcomeLabels, Counter>,
@@ -47,6 +49,8 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
             limited: Family::default(),
+            tls_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
             parked: Gauge::default(),
             connections: Gauge::default(),
             pings: Family::default(),
@@ -60,6 +64,16 @@ impl Metrics {
             history: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_frontend");
+        r.register(
+            "tls_reloads",
+            "TLS certificate reloads by result",
+            metrics.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
+        );
         r.register(
             "limited",
             "Requests refused by a limit (connections, connections_per_source, pings_per_device)",

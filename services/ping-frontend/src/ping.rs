@@ -14,13 +14,13 @@ use dp_proto::ids::device_key;
 use dp_proto::ping::{PingFolder, PingRequest, PingResponse};
 use dp_proto::query::EasRequest;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http::request::{Request, MAX_HEAD};
+use crate::http::request::Request;
 use crate::http::response;
 use crate::metrics::OutcomeLabels;
 use crate::parked::{End, Slot};
+use crate::transport::Transport;
 use crate::Shared;
 
 /// Owner records outlive the heartbeat by this much, so clock skew between pods and the
@@ -271,9 +271,9 @@ async fn evict(shared: &Shared, device: &str, previous: &Owner, request_id: u64)
 }
 
 /// The parked state: waits for news, eviction, drain, the heartbeat, or the client leaving.
-pub async fn wait(
+pub async fn wait<S: Transport>(
     waiting: &Waiting,
-    stream: &TcpStream,
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Result<Finished, ClientGone> {
     let deadline = waiting.context.started + Duration::from_secs(waiting.heartbeat.into());
@@ -307,7 +307,7 @@ pub async fn wait(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
-            () = client_gone(stream, buf) => return Err(ClientGone),
+            () = stream.closed(buf) => return Err(ClientGone),
         }
     }
 }
@@ -345,28 +345,6 @@ async fn recheck(waiting: &Waiting) -> Option<Check> {
     }
 }
 
-/// Completes when the client closes the connection. Bytes it sends meanwhile (a pipelined
-/// request) are kept for after the answer, up to the head limit.
-async fn client_gone(stream: &TcpStream, buf: &mut Vec<u8>) {
-    loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        let mut chunk = [0u8; 512];
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > MAX_HEAD {
-                    return;
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
-}
-
 fn count(shared: &Shared, outcome: &'static str, status: &'static str) {
     shared
         .metrics
@@ -379,9 +357,9 @@ const STATUS_LABELS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
 
 /// Writes the answer (unless the client is gone), acknowledges what a Status 2 reported (I2),
 /// and records the history row. Returns whether the connection stays open.
-pub async fn finish(
+pub async fn finish<S: Transport>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     context: &Context,
     ended: Result<Finished, ClientGone>,
 ) -> std::io::Result<bool> {
@@ -421,9 +399,9 @@ pub async fn finish(
     written
 }
 
-async fn answer(
+async fn answer<S: Transport>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     context: &Context,
     finished: &Finished,
 ) -> std::io::Result<()> {

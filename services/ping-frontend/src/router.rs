@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::transport::Transport;
 use dp_proto::query::{Command, EasRequest, QueryError};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::auth::AuthError;
 use crate::http::request::{Method, Request};
@@ -26,9 +26,9 @@ pub enum Routed {
 }
 
 /// Answers one request, or starts its Ping.
-pub async fn handle(
+pub async fn handle<S: Transport>(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     request: Request,
 ) -> std::io::Result<Routed> {
     if !request.path.eq_ignore_ascii_case(EAS_PATH) {
@@ -48,9 +48,9 @@ pub async fn handle(
     }
 }
 
-async fn post(
+async fn post<S: Transport>(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     request: Request,
 ) -> std::io::Result<Routed> {
     let query = match EasRequest::parse_query(&request.query) {
@@ -117,9 +117,9 @@ async fn post(
 
 /// An error answer; the connection stays open for 401, 403 and 501 (the request was read in
 /// full), and closes otherwise.
-async fn refuse(
+async fn refuse<S: Transport>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut S,
     code: u16,
     message: &str,
     headers: &[(&str, String)],

@@ -63,7 +63,21 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 let shared = shared.clone();
                 let drain = drain.clone();
                 tokio::spawn(async move {
-                    connection::serve(&shared, stream, drain).await;
+                    let _ = stream.set_nodelay(true);
+                    match shared.tls.clone() {
+                        None => connection::serve(&shared, stream, drain).await,
+                        Some(tls) => {
+                            let handshake = tls.acceptor.accept(stream);
+                            match tokio::time::timeout(shared.config.header_timeout, handshake)
+                                .await
+                            {
+                                Ok(Ok(stream)) => connection::serve(&shared, stream, drain).await,
+                                Ok(Err(_)) | Err(_) => {
+                                    shared.metrics.tls_handshake_failures.inc();
+                                }
+                            }
+                        }
+                    }
                     drop((permit, source));
                 });
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest, PingResponse};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug)]
@@ -35,8 +35,8 @@ impl HttpResponse {
 }
 
 /// Reads one response; `buf` keeps bytes past it.
-pub async fn read_response(
-    stream: &mut TcpStream,
+pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<HttpResponse> {
     loop {
@@ -130,15 +130,21 @@ pub fn ping_body(heartbeat: u32, folders: &[&str]) -> PingRequest {
     }
 }
 
+/// A connection of either kind.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A phone: one mailbox, one DeviceId, one keep-alive connection to whichever pod it talks to.
 pub struct Device {
+    /// Speak TLS (to `localhost`) with this connector.
+    pub tls: Option<tokio_rustls::TlsConnector>,
     pub addr: SocketAddr,
     pub user: String,
     pub password: String,
     pub device_id: String,
     /// Send the base64 query form instead of the plain one.
     pub base64_query: bool,
-    stream: Option<TcpStream>,
+    stream: Option<Box<dyn Stream>>,
     buf: Vec<u8>,
 }
 
@@ -150,6 +156,7 @@ impl Device {
             password: password.to_owned(),
             device_id: device_id.to_owned(),
             base64_query: false,
+            tls: None,
             stream: None,
             buf: Vec::new(),
         }
@@ -220,7 +227,15 @@ impl Device {
     /// Sends any request on the device's connection and reads the answer.
     pub async fn send(&mut self, request: &[u8]) -> std::io::Result<HttpResponse> {
         if self.stream.is_none() {
-            self.stream = Some(TcpStream::connect(self.addr).await?);
+            let tcp = TcpStream::connect(self.addr).await?;
+            self.stream = Some(match &self.tls {
+                None => Box::new(tcp),
+                Some(connector) => {
+                    let name = rustls::pki_types::ServerName::try_from("localhost")
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    Box::new(connector.connect(name, tcp).await?)
+                }
+            });
             self.buf.clear();
         }
         let Some(stream) = self.stream.as_mut() else {

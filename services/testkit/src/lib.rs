@@ -9,6 +9,7 @@ pub mod client;
 pub mod env;
 pub mod proxy;
 pub mod services;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

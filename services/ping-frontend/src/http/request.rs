@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -55,8 +54,8 @@ pub enum ReadError {
 
 /// Reads one request. `buf` carries bytes read past the previous request (pipelining) and is
 /// left holding bytes past this one.
-pub async fn read(
-    stream: &mut TcpStream,
+pub async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     idle: Duration,
     header_timeout: Duration,
@@ -77,12 +76,18 @@ pub async fn read(
         .unwrap_or(Err(ReadError::Slow))
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     buf.reserve(1024);
     stream.read_buf(buf).await
 }
 
-async fn read_rest(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
+async fn read_rest<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Request, ReadError> {
     loop {
         if let Some((head_len, mut request, content_length)) = parse_head(buf)? {
             buf.drain(..head_len);

@@ -1,0 +1,158 @@
+//! TLS termination with rustls: TLS 1.2 and 1.3, ALPN http/1.1, and a certificate that is
+//! replaced without a restart when its files change or on SIGHUP.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+/// The certificate and key files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files are checked for changes.
+    pub reload_every: Duration,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain and private key into a signing identity.
+pub fn load(files: &TlsFiles) -> Result<CertifiedKey, String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let cert_pem = read(&files.cert)?;
+    let key_pem = read(&files.key)?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", files.cert.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| format!("{}: {e}", files.key.display()))?
+        .ok_or_else(|| format!("{}: no private key in it", files.key.display()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(certified)
+}
+
+/// Hands every handshake the certificate loaded last.
+#[derive(Debug)]
+struct Resolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    resolver: Arc<Resolver>,
+    files: TlsFiles,
+}
+
+impl Tls {
+    pub fn new(files: TlsFiles) -> Result<Tls, String> {
+        let resolver = Arc::new(Resolver {
+            current: RwLock::new(Arc::new(load(&files)?)),
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            resolver,
+            files,
+        })
+    }
+
+    /// Loads the files again; on failure the old certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = Arc::new(load(&self.files)?);
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn stamp(&self) -> Option<(SystemTime, SystemTime)> {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((modified(&self.files.cert)?, modified(&self.files.key)?))
+    }
+
+    /// Reloads when the files change (checked every `reload_every`) or on SIGHUP, counting
+    /// each attempt in `reloads`.
+    pub fn watch(
+        self: Arc<Self>,
+        reloads: prometheus_client::metrics::family::Family<
+            crate::metrics::ResultLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) {
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut seen = self.stamp();
+            loop {
+                #[cfg(unix)]
+                let hup = async {
+                    match hangup.as_mut() {
+                        Some(signal) => {
+                            signal.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup = std::future::pending::<()>();
+                let forced = tokio::select! {
+                    _ = tokio::time::sleep(self.files.reload_every) => false,
+                    _ = hup => true,
+                };
+                let now = self.stamp();
+                if !forced && now == seen {
+                    continue;
+                }
+                seen = now;
+                let result = match self.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                        "ok"
+                    }
+                    Err(reason) => {
+                        tracing::error!(%reason, "TLS certificate not reloaded; keeping the previous one");
+                        "error"
+                    }
+                };
+                reloads
+                    .get_or_create(&crate::metrics::ResultLabels { result })
+                    .inc();
+            }
+        });
+    }
+}

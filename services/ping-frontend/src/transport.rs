@@ -1,0 +1,58 @@
+//! What a device connection runs over: plain TCP, or TLS terminated here. The connection code
+//! is generic over [`Transport`]; only noticing a client that left while parked differs.
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::http::request::MAX_HEAD;
+
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Completes when the client closes the connection. Bytes it sends meanwhile (a pipelined
+    /// request) are appended to `buf`, up to the head limit.
+    fn closed<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> impl Future<Output = ()> + Send + 'a;
+}
+
+impl Transport for TcpStream {
+    /// Waits for readability without holding a buffer: a parked plaintext Ping keeps none.
+    async fn closed(&mut self, buf: &mut Vec<u8>) {
+        loop {
+            if self.readable().await.is_err() {
+                return;
+            }
+            let mut chunk = [0u8; 512];
+            match self.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > MAX_HEAD {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    /// TLS records must be decrypted to see a close, so this reads, in small pieces to keep
+    /// the parked state small.
+    async fn closed(&mut self, buf: &mut Vec<u8>) {
+        loop {
+            let mut chunk = [0u8; 64];
+            match self.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > MAX_HEAD {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

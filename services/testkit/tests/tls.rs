@@ -1,0 +1,199 @@
+//! TLS on the Ping listener: real rustls and curl clients, TLS 1.2 and 1.3 with ALPN http/1.1,
+//! and a certificate rotated while Pings stay parked.
+
+use std::time::Duration;
+
+use dp_proto::ping::PingStatus;
+use dp_testkit::client::ping_body;
+use dp_testkit::tls::TestCa;
+use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+async fn tls_frontend(env: &Env, ca: &TestCa, pod: &str) -> Frontend {
+    let (cert, key) = (ca.cert_path(), ca.key_path());
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    Frontend::start(
+        env,
+        pod,
+        &[
+            ("--tls-cert", &cert),
+            ("--tls-key", &key),
+            ("--tls-reload-secs", "1"),
+        ],
+    )
+    .await
+}
+
+/// The certificate and ALPN protocol a fresh handshake gets, and an OPTIONS answer's status.
+async fn handshake(
+    ca: &TestCa,
+    addr: std::net::SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (
+    CertificateDer<'static>,
+    Option<Vec<u8>>,
+    rustls::ProtocolVersion,
+    String,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = ca
+        .client(versions)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (_, session) = tls.get_ref();
+    let cert = session.peer_certificates().expect("server certificate")[0]
+        .clone()
+        .into_owned();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let version = session.protocol_version().expect("version");
+    tls.write_all(b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    (cert, alpn, version, status)
+}
+
+#[tokio::test]
+async fn pings_over_tls_wake_and_both_versions_negotiate_http_1_1() {
+    let env = Env::new().await;
+    env.account("tess", "pw").await;
+    let ca = TestCa::new();
+    ca.issue(1);
+    let a = tls_frontend(&env, &ca, "a").await;
+    let w = Watcher::start(&env, "w", &[]).await;
+
+    for (versions, expected) in [
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+    ] {
+        let (_, alpn, version, status) = handshake(&ca, a.addr, versions).await;
+        assert_eq!(version, expected);
+        assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+
+    let mut phone = Device::new(a.addr, "tess", "pw", "p");
+    phone.tls = Some(ca.client(&[&rustls::version::TLS13, &rustls::version::TLS12]));
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(30, &["5"])), 10 * SECOND)
+            .await
+    });
+    env.wait_parked("tess", "p", "a", None).await;
+    w.change(&env, "tess", &["5"]).await;
+    let answer = parked.await.expect("task").ping();
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["5".to_owned()])
+    );
+
+    // A plaintext client on the TLS port is refused in the handshake, and counted.
+    let mut plain = Device::new(a.addr, "tess", "pw", "plain");
+    assert!(plain.ping(Some(&ping_body(30, &["5"]))).await.is_err());
+    wait_for("the failed handshake to be counted", 5 * SECOND, || async {
+        (a.metric("dp_frontend_tls_handshake_failures_total").await >= 1.0).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn certificate_rotation_while_pings_are_parked() {
+    let env = Env::new().await;
+    env.account("uma", "pw").await;
+    let ca = TestCa::new();
+    let first = ca.issue(1);
+    let a = tls_frontend(&env, &ca, "a").await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let both = [&rustls::version::TLS13, &rustls::version::TLS12];
+
+    let mut phone = Device::new(a.addr, "uma", "pw", "p");
+    phone.tls = Some(ca.client(&both));
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(60, &["5"])), 30 * SECOND)
+            .await
+    });
+    env.wait_parked("uma", "p", "a", None).await;
+    assert_eq!(handshake(&ca, a.addr, &both).await.0, first);
+
+    let second = ca.issue(2);
+    let addr = a.addr;
+    wait_for(
+        "new handshakes to get the new certificate",
+        15 * SECOND,
+        || {
+            let (ca, second) = (&ca, &second);
+            async move { (handshake(ca, addr, &both).await.0 == *second).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        a.metric("dp_frontend_tls_reloads_total{result=\"ok\"}")
+            .await
+            >= 1.0
+    );
+
+    // The Ping parked under the old certificate is still there and still wakes.
+    w.change(&env, "uma", &["5"]).await;
+    let answer = parked.await.expect("task").ping();
+    assert_eq!(answer.status, PingStatus::Changes);
+    env.cleanup().await;
+}
+
+/// curl, an independent TLS client, pinned to TLS 1.2 and to 1.3.
+#[tokio::test]
+async fn curl_speaks_to_the_tls_listener() {
+    let env = Env::new().await;
+    let ca = TestCa::new();
+    ca.issue(7);
+    let a = tls_frontend(&env, &ca, "a").await;
+    let url = format!(
+        "https://localhost:{}/Microsoft-Server-ActiveSync",
+        a.addr.port()
+    );
+    let resolve = format!("localhost:{}:127.0.0.1", a.addr.port());
+    for pin in [
+        ["--tlsv1.2", "--tls-max", "1.2"],
+        ["--tlsv1.3", "--tls-max", "1.3"],
+    ] {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-i", "-X", "OPTIONS", "--cacert"])
+            .arg(ca.ca_pem())
+            .args(["--resolve", &resolve])
+            .args(pin)
+            .arg(&url)
+            .output()
+            .expect("curl runs (scripts/setup.sh installs it)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "curl {pin:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("ms-asprotocolversions"),
+            "{text}"
+        );
+    }
+    env.cleanup().await;
+}
