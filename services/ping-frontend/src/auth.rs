@@ -21,6 +21,14 @@ pub enum AuthError {
     Rejected,
     /// The accounts cannot be read right now: 503 + Retry-After.
     Unavailable,
+    /// Too many failed logins from this address or to this account: 503 + Retry-After.
+    Throttled(Duration),
+}
+
+/// Failed-login budgets.
+pub struct Throttle {
+    pub per_source: crate::limits::RateWindow,
+    pub per_account: crate::limits::RateWindow,
 }
 
 struct Verified {
@@ -37,6 +45,7 @@ pub struct Auth {
     ttl: Duration,
     /// argon2 is CPU-bound: verified on dedicated threads, off the async ones.
     verifier: dp_db::accounts::Verifier,
+    throttle: Throttle,
 }
 
 /// A hash to verify against when the account does not exist, so that answer takes as long as
@@ -49,7 +58,12 @@ fn decoy_hash() -> &'static str {
 }
 
 impl Auth {
-    pub fn new(pool: PgPool, capacity: usize, ttl: Duration) -> std::io::Result<Auth> {
+    pub fn new(
+        pool: PgPool,
+        capacity: usize,
+        ttl: Duration,
+        throttle: Throttle,
+    ) -> std::io::Result<Auth> {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Auth {
             pool,
@@ -58,6 +72,7 @@ impl Auth {
             capacity,
             ttl,
             verifier: dp_db::accounts::Verifier::spawn(parallel)?,
+            throttle,
         })
     }
 
@@ -74,6 +89,7 @@ impl Auth {
     pub async fn authenticate(
         &self,
         header: Option<&str>,
+        source: std::net::IpAddr,
         metrics: &Metrics,
     ) -> Result<String, AuthError> {
         let count = |result| metrics.auth.get_or_create(&ResultLabels { result }).inc();
@@ -86,6 +102,19 @@ impl Auth {
         if let Some(mailbox) = self.cached(&key) {
             count("cache_hit");
             return Ok(mailbox);
+        }
+        // Past a budget, refuse before spending a database query and an argon2 verification:
+        // the same answer whether or not the account exists.
+        let source_key = source.to_string();
+        let account_key = format!("account:{name}");
+        if let Some(wait) = self
+            .throttle
+            .per_source
+            .over(&source_key)
+            .or_else(|| self.throttle.per_account.over(&account_key))
+        {
+            count("throttled");
+            return Err(AuthError::Throttled(wait));
         }
         let stored = match dp_db::accounts::credentials(&self.pool, &name).await {
             Ok(stored) => stored,
@@ -101,6 +130,8 @@ impl Auth {
         };
         let matches = self.verifier.verify(hash, password).await;
         if !(matches && usable) {
+            self.throttle.per_source.record(&source_key);
+            self.throttle.per_account.record(&account_key);
             count("rejected");
             return Err(AuthError::Rejected);
         }

@@ -82,6 +82,14 @@ pub struct FrontendArgs {
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
+    /// Failed logins from one address per minute, after which its logins get 503 +
+    /// Retry-After without being checked (0: no limit).
+    #[arg(long, env = "AUTH_FAILURES_PER_SOURCE", default_value_t = 100)]
+    pub auth_failures_per_source: u32,
+    /// Failed logins to one account per minute, after which its uncached logins get 503 +
+    /// Retry-After (0: no limit). Devices whose credentials are cached are not affected.
+    #[arg(long, env = "AUTH_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    pub auth_failures_per_account: u32,
     #[arg(long, env = "AUTH_CACHE_SIZE", default_value_t = 100_000)]
     pub auth_cache_size: usize,
     /// Seconds a verified credential is trusted without asking the database again.
@@ -131,6 +139,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub auth_cache_size: usize,
     pub auth_cache_ttl: Duration,
+    pub auth_failures_per_source: u32,
+    pub auth_failures_per_account: u32,
     pub history: dp_db::history::WriterConfig,
     pub migrate_on_start: bool,
     pub drain_delay: Duration,
@@ -210,6 +220,8 @@ impl FrontendArgs {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             auth_cache_size: self.auth_cache_size,
+            auth_failures_per_source: self.auth_failures_per_source,
+            auth_failures_per_account: self.auth_failures_per_account,
             auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl_secs),
             history: dp_db::history::WriterConfig {
                 queue: self.history_queue,

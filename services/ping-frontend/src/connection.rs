@@ -13,7 +13,12 @@ use crate::ping::{self, Started};
 use crate::router::{self, Routed};
 use crate::Shared;
 
-pub async fn serve<S: Transport>(shared: &Arc<Shared>, mut stream: S, mut drain: Drain) {
+pub async fn serve<S: Transport>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+    peer: std::net::IpAddr,
+    mut drain: Drain,
+) {
     shared.metrics.connections.inc();
     let mut buf = Vec::new();
     loop {
@@ -30,13 +35,16 @@ pub async fn serve<S: Transport>(shared: &Arc<Shared>, mut stream: S, mut drain:
             Ok(request) => request,
             Err(ReadError::Closed | ReadError::Idle | ReadError::Io(_)) => break,
             Err(err) => {
-                let code = match err {
-                    ReadError::Slow => 408,
-                    ReadError::HeadTooLarge => 431,
-                    ReadError::BodyTooLarge => 413,
-                    ReadError::Chunked => 411,
-                    _ => 400,
+                let (code, limit) = match err {
+                    ReadError::Slow => (408, Some("header_time")),
+                    ReadError::HeadTooLarge => (431, Some("head_size")),
+                    ReadError::BodyTooLarge => (413, Some("body_size")),
+                    ReadError::Chunked => (411, None),
+                    _ => (400, None),
                 };
+                if let Some(limit) = limit {
+                    shared.count_limited(limit);
+                }
                 tracing::info!(code, reason = %err, "request refused");
                 shared.count_http(code);
                 let _ = stream
@@ -47,7 +55,7 @@ pub async fn serve<S: Transport>(shared: &Arc<Shared>, mut stream: S, mut drain:
         };
         // Everything but the parked wait runs boxed: a connection's future is as large as its
         // largest state, and the parked state is the one a hundred thousand connections share.
-        let keep_alive = match Box::pin(router::handle(shared, &mut stream, request)).await {
+        let keep_alive = match Box::pin(router::handle(shared, &mut stream, request, peer)).await {
             Ok(Routed::Done(keep_alive)) => keep_alive,
             Ok(Routed::Ping(Started::Answer(context, finished))) => {
                 Box::pin(ping::finish(shared, &mut stream, &context, Ok(finished)))

@@ -8,7 +8,8 @@ pub mod auth;
 mod cluster;
 pub mod config;
 mod connection;
-mod http;
+#[doc(hidden)]
+pub mod http;
 mod limits;
 pub mod metrics;
 mod parked;
@@ -57,7 +58,7 @@ pub struct Shared {
     shutting_down: AtomicBool,
     sources: Arc<limits::SourceLimit>,
     tls: Option<Arc<tls::Tls>>,
-    ping_rate: limits::PingRate,
+    ping_rate: limits::RateWindow,
 }
 
 impl Shared {
@@ -106,7 +107,15 @@ pub async fn run(
     let shared = Arc::new(Shared {
         store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
         subjects: Subjects::new(&config.namespace),
-        auth: auth::Auth::new(pool, config.auth_cache_size, config.auth_cache_ttl)?,
+        auth: auth::Auth::new(
+            pool,
+            config.auth_cache_size,
+            config.auth_cache_ttl,
+            auth::Throttle {
+                per_source: limits::RateWindow::new(config.auth_failures_per_source),
+                per_account: limits::RateWindow::new(config.auth_failures_per_account),
+            },
+        )?,
         parked: Parked::default(),
         next_request: AtomicU64::new(start_ms << 20),
         rechecks: Semaphore::new(64),
@@ -120,7 +129,7 @@ pub async fn run(
             )),
             None => None,
         },
-        ping_rate: limits::PingRate::new(config.pings_per_device_per_minute),
+        ping_rate: limits::RateWindow::new(config.pings_per_device_per_minute),
         config,
         redis,
         nats,

@@ -1,5 +1,6 @@
-//! Limits that protect the pod from one client: connections per source address, and Pings per
-//! device per minute (a device stuck in a re-ping loop gets 503 + Retry-After, not service).
+//! Limits that protect the pod from one client: connections per source address, Pings per
+//! device per minute (a device stuck in a re-ping loop gets 503 + Retry-After, not service),
+//! and failed logins per source address and per account.
 //! Both are counted per pod, in memory: a load balancer keeps a device's connection on one pod.
 
 use std::collections::HashMap;
@@ -67,9 +68,10 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Pings per device per fixed one-minute window. Windows of devices that stopped pinging are
-/// swept as the shard is touched, so memory follows the devices active this minute.
-pub struct PingRate {
+/// Events per key per fixed one-minute window: Pings per device, failed logins per source and
+/// per account. Windows of keys gone quiet are swept as their shard is touched, so memory
+/// follows the keys active this minute.
+pub struct RateWindow {
     max: u32,
     window: Duration,
     shards: Vec<Mutex<Shard>>,
@@ -81,10 +83,10 @@ struct Shard {
     swept: Instant,
 }
 
-impl PingRate {
+impl RateWindow {
     /// `max` 0 means unlimited.
-    pub fn new(max: u32) -> PingRate {
-        PingRate {
+    pub fn new(max: u32) -> RateWindow {
+        RateWindow {
             max,
             window: Duration::from_secs(60),
             shards: (0..SHARDS)
@@ -99,13 +101,13 @@ impl PingRate {
         }
     }
 
-    /// Counts a Ping of `device`; `Err(retry_after)` when it is over the limit.
-    pub fn check(&self, device: &str) -> Result<(), Duration> {
+    /// Runs `f` on the key's (count, wait until the window ends), `None` when unlimited.
+    fn with<T>(&self, key: &str, f: impl FnOnce(&mut u32, Duration) -> T) -> Option<T> {
         if self.max == 0 {
-            return Ok(());
+            return None;
         }
         let now = Instant::now();
-        let index = (self.hasher.hash_one(device) as usize) % SHARDS;
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
         let mut shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
         if now.duration_since(shard.swept) >= self.window {
             let window = self.window;
@@ -114,17 +116,37 @@ impl PingRate {
                 .retain(|_, (start, _)| now.duration_since(*start) < window);
             shard.swept = now;
         }
-        let (start, count) = shard.counts.entry(device.to_owned()).or_insert((now, 0));
+        let (start, count) = shard.counts.entry(key.to_owned()).or_insert((now, 0));
         if now.duration_since(*start) >= self.window {
             *start = now;
             *count = 0;
         }
-        *count += 1;
-        if *count > self.max {
-            Err(self.window.saturating_sub(now.duration_since(*start)))
-        } else {
-            Ok(())
+        let left = self.window.saturating_sub(now.duration_since(*start));
+        Some(f(count, left))
+    }
+
+    /// Counts one event; `Err(retry_after)` when it is over the limit.
+    pub fn hit(&self, key: &str) -> Result<(), Duration> {
+        let max = self.max;
+        match self.with(key, |count, left| {
+            *count += 1;
+            (*count > max).then_some(left)
+        }) {
+            Some(Some(wait)) => Err(wait),
+            _ => Ok(()),
         }
+    }
+
+    /// Whether the key is already at the limit, without counting: `Some(retry_after)`.
+    pub fn over(&self, key: &str) -> Option<Duration> {
+        let max = self.max;
+        self.with(key, |count, left| (*count >= max).then_some(left))
+            .flatten()
+    }
+
+    /// Counts one event without checking.
+    pub fn record(&self, key: &str) {
+        self.with(key, |count, _| *count += 1);
     }
 }
 
@@ -151,14 +173,24 @@ mod tests {
     }
 
     #[test]
-    fn pings_over_the_rate_are_refused_with_a_wait() {
-        let rate = PingRate::new(3);
+    fn events_over_the_rate_are_refused_with_a_wait() {
+        let rate = RateWindow::new(3);
         for _ in 0..3 {
-            assert!(rate.check("d").is_ok());
+            assert!(rate.hit("d").is_ok());
         }
-        let wait = rate.check("d").expect_err("fourth in the minute");
+        let wait = rate.hit("d").expect_err("fourth in the minute");
         assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
-        assert!(rate.check("e").is_ok(), "other devices unaffected");
-        assert!(PingRate::new(0).check("d").is_ok(), "0 is unlimited");
+        assert!(rate.hit("e").is_ok(), "other keys unaffected");
+        assert!(RateWindow::new(0).hit("d").is_ok(), "0 is unlimited");
+
+        let failures = RateWindow::new(2);
+        assert!(failures.over("a").is_none());
+        failures.record("a");
+        failures.record("a");
+        assert!(
+            failures.over("a").is_some(),
+            "at the limit: refuse before trying"
+        );
+        assert!(RateWindow::new(0).over("a").is_none());
     }
 }

@@ -30,6 +30,7 @@ pub async fn handle<S: Transport>(
     shared: &Arc<Shared>,
     stream: &mut S,
     request: Request,
+    peer: std::net::IpAddr,
 ) -> std::io::Result<Routed> {
     if !request.path.eq_ignore_ascii_case(EAS_PATH) {
         return refuse(shared, stream, 404, "not an ActiveSync path", &[]).await;
@@ -44,7 +45,7 @@ pub async fn handle<S: Transport>(
             let allow = [("Allow", "OPTIONS,POST".to_owned())];
             refuse(shared, stream, 405, "use OPTIONS or POST", &allow).await
         }
-        Method::Post => post(shared, stream, request).await,
+        Method::Post => post(shared, stream, request, peer).await,
     }
 }
 
@@ -52,6 +53,7 @@ async fn post<S: Transport>(
     shared: &Arc<Shared>,
     stream: &mut S,
     request: Request,
+    peer: std::net::IpAddr,
 ) -> std::io::Result<Routed> {
     let query = match EasRequest::parse_query(&request.query) {
         Ok(query) => query,
@@ -65,13 +67,21 @@ async fn post<S: Transport>(
     };
     let mailbox = match shared
         .auth
-        .authenticate(request.authorization.as_deref(), &shared.metrics)
+        .authenticate(request.authorization.as_deref(), peer, &shared.metrics)
         .await
     {
         Ok(mailbox) => mailbox,
         Err(AuthError::Missing | AuthError::Rejected) => {
             let challenge = [("WWW-Authenticate", "Basic realm=\"ActiveSync\"".to_owned())];
             return refuse(shared, stream, 401, "credentials required", &challenge).await;
+        }
+        Err(AuthError::Throttled(wait)) => {
+            shared.count_limited("auth_failures");
+            shared.count_http(503);
+            let retry = (wait.as_secs() as u32).max(1);
+            let answer = response::unavailable(retry, "too many failed logins; retry later");
+            stream.write_all(&answer).await?;
+            return Ok(Routed::Done(false));
         }
         Err(AuthError::Unavailable) => {
             shared.count_http(503);
@@ -101,7 +111,7 @@ async fn post<S: Transport>(
         return refuse(shared, stream, 501, &message, &[]).await;
     }
     let device = dp_proto::ids::device_key(&mailbox, &query.device_id);
-    if let Err(wait) = shared.ping_rate.check(&device) {
+    if let Err(wait) = shared.ping_rate.hit(&device) {
         shared.count_limited("pings_per_device");
         tracing::info!(%mailbox, device = %query.device_id, "Ping refused: over the per-device rate");
         shared.count_http(503);

@@ -65,13 +65,15 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
                     match shared.tls.clone() {
-                        None => connection::serve(&shared, stream, drain).await,
+                        None => connection::serve(&shared, stream, peer.ip(), drain).await,
                         Some(tls) => {
                             let handshake = tls.acceptor.accept(stream);
                             match tokio::time::timeout(shared.config.header_timeout, handshake)
                                 .await
                             {
-                                Ok(Ok(stream)) => connection::serve(&shared, stream, drain).await,
+                                Ok(Ok(stream)) => {
+                                    connection::serve(&shared, stream, peer.ip(), drain).await
+                                }
                                 Ok(Err(_)) | Err(_) => {
                                     shared.metrics.tls_handshake_failures.inc();
                                 }

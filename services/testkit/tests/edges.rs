@@ -409,3 +409,125 @@ async fn looping_devices_and_greedy_sources_are_limited() {
     assert!(response.text().contains("connections_per_source"));
     env.cleanup().await;
 }
+
+/// Failed logins: the same 401 whether the account exists or not; past the per-account budget
+/// uncached logins to it get 503 (while a device with cached credentials keeps working); past
+/// the per-source budget every login from that address does.
+#[tokio::test]
+async fn failed_logins_are_uniform_and_throttled() {
+    let env = Env::new().await;
+    env.account("tom", "right").await;
+    env.account("val", "right").await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[
+            ("--auth-failures-per-account", "2"),
+            ("--auth-failures-per-source", "100"),
+        ],
+    )
+    .await;
+
+    let mut cached = Device::new(a.addr, "tom", "right", "cached");
+    assert_eq!(
+        cached
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await
+            .ping()
+            .status,
+        PingStatus::Expired
+    );
+
+    let mut wrong = Device::new(a.addr, "tom", "wrong", "w");
+    let mut nobody = Device::new(a.addr, "nobody-at-all", "wrong", "n");
+    let first = wrong
+        .ping(Some(&ping_body(1, &["1"])))
+        .await
+        .expect("answered");
+    let unknown = nobody
+        .ping(Some(&ping_body(1, &["1"])))
+        .await
+        .expect("answered");
+    assert_eq!((first.status, unknown.status), (401, 401));
+    assert_eq!(
+        first.body, unknown.body,
+        "no hint whether the account exists"
+    );
+    assert_eq!(
+        first.header("www-authenticate"),
+        unknown.header("www-authenticate")
+    );
+    assert_eq!(
+        wrong
+            .ping(Some(&ping_body(1, &["1"])))
+            .await
+            .expect("answered")
+            .status,
+        401
+    );
+
+    // tom's budget is spent: a further guess is refused without being checked.
+    let mut guesser = Device::new(a.addr, "tom", "another-guess", "g");
+    let throttled = guesser
+        .ping(Some(&ping_body(1, &["1"])))
+        .await
+        .expect("answered");
+    assert_eq!(throttled.status, 503);
+    assert!(throttled.header("retry-after").is_some());
+    // Devices whose credentials were verified before are not locked out (a new device with
+    // them is a cache hit), nor is another account.
+    let mut fresh = Device::new(a.addr, "tom", "right", "fresh");
+    assert_eq!(
+        fresh
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await
+            .ping()
+            .status,
+        PingStatus::Expired
+    );
+    assert_eq!(
+        cached
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await
+            .ping()
+            .status,
+        PingStatus::Expired
+    );
+    let mut other = Device::new(a.addr, "val", "right", "v");
+    assert_eq!(
+        other
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await
+            .ping()
+            .status,
+        PingStatus::Expired
+    );
+
+    let b = Frontend::start(&env, "b", &[("--auth-failures-per-source", "2")]).await;
+    for name in ["x1", "x2"] {
+        let mut guess = Device::new(b.addr, name, "guess", "g");
+        assert_eq!(
+            guess
+                .ping(Some(&ping_body(1, &["1"])))
+                .await
+                .expect("answered")
+                .status,
+            401
+        );
+    }
+    let mut guess = Device::new(b.addr, "x3", "guess", "g");
+    assert_eq!(
+        guess
+            .ping(Some(&ping_body(1, &["1"])))
+            .await
+            .expect("answered")
+            .status,
+        503
+    );
+    assert!(
+        b.metric("dp_frontend_auth_total{result=\"throttled\"}")
+            .await
+            >= 1.0
+    );
+    env.cleanup().await;
+}
