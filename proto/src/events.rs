@@ -52,6 +52,8 @@ pub enum ChangeError {
     EmptyMailbox,
     #[error("mailbox is longer than {MAX_MAILBOX} characters")]
     LongMailbox,
+    #[error("mailbox holds a control character")]
+    MailboxControl,
     #[error("folders is empty")]
     NoFolders,
     #[error("more than {MAX_FOLDERS_PER_CHANGE} folders")]
@@ -68,6 +70,9 @@ impl ChangeEvent {
         }
         if mailbox.chars().count() > MAX_MAILBOX {
             return Err(ChangeError::LongMailbox);
+        }
+        if mailbox.chars().any(char::is_control) {
+            return Err(ChangeError::MailboxControl);
         }
         if self.folders.is_empty() {
             return Err(ChangeError::NoFolders);
@@ -202,6 +207,10 @@ mod tests {
             Err(ChangeError::EmptyMailbox)
         );
         assert_eq!(change("a", &[]).validate(), Err(ChangeError::NoFolders));
+        assert_eq!(
+            change("a\nb", &["1"]).validate(),
+            Err(ChangeError::MailboxControl)
+        );
         assert_eq!(
             change("a", &[""]).validate(),
             Err(ChangeError::BadFolder(String::new()))
