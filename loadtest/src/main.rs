@@ -53,6 +53,9 @@ struct ParkArgs {
     /// Local source addresses to spread connections over (127.0.0.0/8).
     #[arg(long, default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5")]
     sources: String,
+    /// Speak TLS to `localhost`, trusting the CA in this PEM file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Provision the `lt-N@load.test` accounts in this database first.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
@@ -181,8 +184,30 @@ async fn park(args: ParkArgs) -> Result<()> {
     Ok(())
 }
 
+/// A device connection of either kind, kept open while parked.
+trait Held: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Held for T {}
+
+fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
 /// Opens device connections at the configured rate from the configured source addresses.
 struct Connector {
+    tls: Option<tokio_rustls::TlsConnector>,
     frontend: SocketAddr,
     sources: Vec<IpAddr>,
     interval: Duration,
@@ -198,6 +223,7 @@ impl Connector {
             .map(|s| s.trim().parse().context("--sources"))
             .collect::<Result<Vec<IpAddr>>>()?;
         Ok(Connector {
+            tls: args.tls_ca.as_deref().map(tls_connector).transpose()?,
             frontend: args.frontend,
             sources,
             interval: Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))),
@@ -207,7 +233,7 @@ impl Connector {
     }
 
     /// Connects `devices` and sends their Pings; returns how many failed.
-    async fn run(&self, devices: std::ops::Range<usize>, into: &mut Vec<TcpStream>) -> usize {
+    async fn run(&self, devices: std::ops::Range<usize>, into: &mut Vec<Box<dyn Held>>) -> usize {
         let mut errors = 0;
         let mut ticker = tokio::time::interval(self.interval);
         for device in devices {
@@ -216,10 +242,19 @@ impl Connector {
             let connected = async {
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(source)?;
-                let mut stream = socket.connect(self.frontend).await?;
+                let tcp = socket.connect(self.frontend).await?;
+                let mut stream: Box<dyn Held> = match &self.tls {
+                    None => Box::new(tcp),
+                    Some(tls) => {
+                        let name = rustls::pki_types::ServerName::try_from("localhost")
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        Box::new(tls.connect(name, tcp).await?)
+                    }
+                };
                 stream
                     .write_all(&request(device, self.mailboxes, self.heartbeat))
                     .await?;
+                stream.flush().await?;
                 Ok::<_, std::io::Error>(stream)
             };
             match connected.await {

@@ -59,29 +59,35 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             },
         };
         match admitted {
+            // Plain and TLS connections are spawned as separate futures: a task is as large
+            // as its largest state, and a plaintext connection must not pay for TLS's.
             Ok((permit, source)) => {
-                let shared = shared.clone();
-                let drain = drain.clone();
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    match shared.tls.clone() {
-                        None => connection::serve(&shared, stream, peer.ip(), drain).await,
-                        Some(tls) => {
+                let _ = stream.set_nodelay(true);
+                let (shared, drain, ip) = (shared.clone(), drain.clone(), peer.ip());
+                match shared.tls.clone() {
+                    None => {
+                        tokio::spawn(async move {
+                            connection::serve(&shared, stream, ip, drain).await;
+                            drop((permit, source));
+                        });
+                    }
+                    Some(tls) => {
+                        tokio::spawn(async move {
                             let handshake = tls.acceptor.accept(stream);
                             match tokio::time::timeout(shared.config.header_timeout, handshake)
                                 .await
                             {
                                 Ok(Ok(stream)) => {
-                                    connection::serve(&shared, stream, peer.ip(), drain).await
+                                    connection::serve(&shared, stream, ip, drain).await
                                 }
                                 Ok(Err(_)) | Err(_) => {
                                     shared.metrics.tls_handshake_failures.inc();
                                 }
                             }
-                        }
+                            drop((permit, source));
+                        });
                     }
-                    drop((permit, source));
-                });
+                }
             }
             Err(limit) => {
                 shared.count_limited(limit);
