@@ -46,6 +46,7 @@ pub struct Auth {
     /// argon2 is CPU-bound: verified on dedicated threads, off the async ones.
     verifier: dp_db::accounts::Verifier,
     throttle: Throttle,
+    jwt: Option<crate::jwt::JwtSettings>,
 }
 
 /// A hash to verify against when the account does not exist, so that answer takes as long as
@@ -63,6 +64,7 @@ impl Auth {
         capacity: usize,
         ttl: Duration,
         throttle: Throttle,
+        jwt: Option<crate::jwt::JwtSettings>,
     ) -> std::io::Result<Auth> {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Auth {
@@ -73,6 +75,7 @@ impl Auth {
             ttl,
             verifier: dp_db::accounts::Verifier::spawn(parallel)?,
             throttle,
+            jwt,
         })
     }
 
@@ -92,7 +95,12 @@ impl Auth {
         source: std::net::IpAddr,
         metrics: &Metrics,
     ) -> Result<String, AuthError> {
-        let count = |result| metrics.auth.get_or_create(&ResultLabels { result }).inc();
+        let count = |result| {
+            metrics.auth.get_or_create(&ResultLabels { result }).inc();
+        };
+        if let Some(jwt) = &self.jwt {
+            return self.bearer(jwt, header, source, &count);
+        }
         let Some((name, password)) = header.and_then(parse_basic) else {
             count("missing");
             return Err(AuthError::Missing);
@@ -138,6 +146,50 @@ impl Auth {
         count("verified");
         self.remember(key, &name);
         Ok(name)
+    }
+
+    /// The WWW-Authenticate challenge of a 401.
+    pub fn challenge(&self) -> &'static str {
+        if self.jwt.is_some() {
+            "Bearer realm=\"ActiveSync\""
+        } else {
+            "Basic realm=\"ActiveSync\""
+        }
+    }
+
+    /// A bearer token: cheap to verify, so neither cached nor sent to the verifier threads;
+    /// failures still count against the source's budget.
+    fn bearer(
+        &self,
+        jwt: &crate::jwt::JwtSettings,
+        header: Option<&str>,
+        source: std::net::IpAddr,
+        count: &dyn Fn(&'static str),
+    ) -> Result<String, AuthError> {
+        let token = header
+            .and_then(|h| h.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(token) = token else {
+            count("missing");
+            return Err(AuthError::Missing);
+        };
+        let source_key = source.to_string();
+        if let Some(wait) = self.throttle.per_source.over(&source_key) {
+            count("throttled");
+            return Err(AuthError::Throttled(wait));
+        }
+        match jwt.verify(token) {
+            Some(mailbox) => {
+                count("verified");
+                Ok(mailbox)
+            }
+            None => {
+                self.throttle.per_source.record(&source_key);
+                count("rejected");
+                Err(AuthError::Rejected)
+            }
+        }
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<String> {

@@ -82,6 +82,27 @@ pub struct FrontendArgs {
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
+    /// `local` (Basic credentials against the accounts table) or `jwt` (bearer tokens).
+    #[arg(long, env = "AUTH_MODE", default_value = "local")]
+    pub auth_mode: String,
+    /// HS256 secret of the bearer tokens (at least 32 bytes).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A JWKS file with the RS256/ES256 public keys of the bearer tokens.
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// Required `iss` of the bearer tokens.
+    #[arg(long, env = "JWT_ISSUER", default_value = "")]
+    pub jwt_issuer: String,
+    /// Required `aud` of the bearer tokens.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "")]
+    pub jwt_audience: String,
+    /// The claim that names the mailbox.
+    #[arg(long, env = "JWT_MAILBOX_CLAIM", default_value = "email")]
+    pub jwt_mailbox_claim: String,
+    /// Clock skew allowed on `exp`, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
     /// Failed logins from one address per minute, after which its logins get 503 +
     /// Retry-After without being checked (0: no limit).
     #[arg(long, env = "AUTH_FAILURES_PER_SOURCE", default_value_t = 100)]
@@ -141,6 +162,8 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
     pub auth_failures_per_account: u32,
+    /// `None`: local accounts; `Some`: bearer tokens.
+    pub jwt: Option<crate::jwt::JwtSettings>,
     pub history: dp_db::history::WriterConfig,
     pub migrate_on_start: bool,
     pub drain_delay: Duration,
@@ -190,6 +213,26 @@ impl FrontendArgs {
             }
             _ => return Err(ConfigError::new("TLS_CERT/TLS_KEY", "set both, or neither")),
         };
+        let jwt = match self.auth_mode.as_str() {
+            "local" => None,
+            "jwt" => Some(
+                crate::jwt::JwtSettings::new(
+                    self.jwt_secret.as_deref(),
+                    self.jwt_jwks_file.as_deref(),
+                    self.jwt_issuer,
+                    self.jwt_audience,
+                    self.jwt_mailbox_claim,
+                    self.jwt_leeway_secs,
+                )
+                .map_err(|reason| ConfigError::new("AUTH_MODE=jwt", reason))?,
+            ),
+            other => {
+                return Err(ConfigError::new(
+                    "AUTH_MODE",
+                    format!("{other:?} is neither local nor jwt"),
+                ))
+            }
+        };
         let log_format = self
             .log_format
             .parse()
@@ -222,6 +265,7 @@ impl FrontendArgs {
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,
             auth_failures_per_account: self.auth_failures_per_account,
+            jwt,
             auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl_secs),
             history: dp_db::history::WriterConfig {
                 queue: self.history_queue,

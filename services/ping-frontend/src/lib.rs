@@ -10,6 +10,7 @@ pub mod config;
 mod connection;
 #[doc(hidden)]
 pub mod http;
+pub mod jwt;
 mod limits;
 pub mod metrics;
 mod parked;
@@ -115,6 +116,7 @@ pub async fn run(
                 per_source: limits::RateWindow::new(config.auth_failures_per_source),
                 per_account: limits::RateWindow::new(config.auth_failures_per_account),
             },
+            config.jwt.clone(),
         )?,
         parked: Parked::default(),
         next_request: AtomicU64::new(start_ms << 20),

@@ -72,7 +72,7 @@ async fn post<S: Transport>(
     {
         Ok(mailbox) => mailbox,
         Err(AuthError::Missing | AuthError::Rejected) => {
-            let challenge = [("WWW-Authenticate", "Basic realm=\"ActiveSync\"".to_owned())];
+            let challenge = [("WWW-Authenticate", shared.auth.challenge().to_owned())];
             return refuse(shared, stream, 401, "credentials required", &challenge).await;
         }
         Err(AuthError::Throttled(wait)) => {

@@ -21,7 +21,18 @@ fn bad_settings_exit_64_and_name_the_setting() {
     let garbage = std::env::temp_dir().join(format!("dp-not-a-cert-{}.pem", std::process::id()));
     std::fs::write(&garbage, "not a certificate").expect("writes");
     let garbage = garbage.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
+        (&["--auth-mode", "jwt"], "JWT_SECRET and JWT_JWKS_FILE"),
+        (
+            &[
+                "--auth-mode",
+                "jwt",
+                "--jwt-secret",
+                "0123456789abcdef0123456789abcdef",
+            ],
+            "JWT_ISSUER",
+        ),
+        (&["--auth-mode", "ldap"], "AUTH_MODE"),
         (&["--namespace", "a.b"], "DP_NAMESPACE"),
         (&["--listen-addr", "nowhere"], "LISTEN_ADDR"),
         (

@@ -138,6 +138,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub struct Device {
     /// Speak TLS (to `localhost`) with this connector.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// Authenticate with this bearer token instead of Basic credentials.
+    pub bearer: Option<String>,
     pub addr: SocketAddr,
     pub user: String,
     pub password: String,
@@ -157,6 +159,7 @@ impl Device {
             device_id: device_id.to_owned(),
             base64_query: false,
             tls: None,
+            bearer: None,
             stream: None,
             buf: Vec::new(),
         }
@@ -199,11 +202,17 @@ impl Device {
 
     /// The bytes of a Ping request carrying `body` as it is, valid or not.
     pub fn ping_request_with(&self, body: &[u8]) -> Vec<u8> {
-        let credentials = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", self.user, self.password));
+        let authorization = match &self.bearer {
+            Some(token) => format!("Bearer {token}"),
+            None => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", self.user, self.password))
+            ),
+        };
         let mut request = format!(
             "POST /Microsoft-Server-ActiveSync?{} HTTP/1.1\r\nHost: test\r\n\
-             Authorization: Basic {credentials}\r\nMS-ASProtocolVersion: 14.1\r\n\
+             Authorization: {authorization}\r\nMS-ASProtocolVersion: 14.1\r\n\
              User-Agent: dp-testkit\r\n{}Content-Length: {}\r\n\r\n",
             self.query(),
             if body.is_empty() {
