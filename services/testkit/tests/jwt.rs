@@ -175,7 +175,7 @@ async fn es256_keys_from_a_jwks_file() {
     // Algorithm confusion: an HS256 token "signed" with the public key's bytes.
     let mut confused = Header::new(jsonwebtoken::Algorithm::HS256);
     confused.kid = Some("k1".into());
-    let forged = encode(&confused, &body, &EncodingKey::from_secret(&raw)).expect("token");
+    let forged = encode(&confused, &body, &EncodingKey::from_secret(raw)).expect("token");
     assert_eq!(
         ping_with(&a, "carol@example.com", &forged).await.status,
         401,
