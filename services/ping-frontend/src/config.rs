@@ -76,6 +76,12 @@ pub struct FrontendArgs {
     /// Redis round trips slower than this answer Status 8.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
+    /// Largest request head accepted (431 above it).
+    #[arg(long, env = "MAX_HEAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_head_bytes: usize,
+    /// Largest request body accepted (413 above it).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
     /// Seconds an idle keep-alive connection stays open between requests.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 120)]
     pub idle_timeout_secs: u64,
@@ -157,6 +163,7 @@ pub struct Config {
     pub device_state_ttl: Duration,
     pub redis_timeout: Duration,
     pub idle_timeout: Duration,
+    pub sizes: crate::http::request::SizeLimits,
     pub header_timeout: Duration,
     pub auth_cache_size: usize,
     pub auth_cache_ttl: Duration,
@@ -191,6 +198,8 @@ impl FrontendArgs {
             ));
         }
         positive("MAX_FOLDERS", self.max_folders as u64)?;
+        positive("MAX_HEAD_BYTES", self.max_head_bytes as u64)?;
+        positive("MAX_BODY_BYTES", self.max_body_bytes as u64)?;
         positive("MAX_CONNECTIONS", self.max_connections as u64)?;
         positive("DEVICE_STATE_TTL_DAYS", self.device_state_ttl_days.into())?;
         positive("REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
@@ -261,6 +270,10 @@ impl FrontendArgs {
             device_state_ttl: Duration::from_secs(u64::from(self.device_state_ttl_days) * 86_400),
             redis_timeout: Duration::from_millis(self.redis_timeout_ms),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            sizes: crate::http::request::SizeLimits {
+                head: self.max_head_bytes,
+                body: self.max_body_bytes,
+            },
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,

@@ -29,6 +29,7 @@ pub async fn serve<S: Transport>(
                 &mut buf,
                 shared.config.idle_timeout,
                 shared.config.header_timeout,
+                shared.config.sizes,
             )) => read,
         };
         let request = match read {
@@ -37,8 +38,8 @@ pub async fn serve<S: Transport>(
             Err(err) => {
                 let (code, limit) = match err {
                     ReadError::Slow => (408, Some("header_time")),
-                    ReadError::HeadTooLarge => (431, Some("head_size")),
-                    ReadError::BodyTooLarge => (413, Some("body_size")),
+                    ReadError::HeadTooLarge(_) => (431, Some("head_size")),
+                    ReadError::BodyTooLarge(_) => (413, Some("body_size")),
                     ReadError::Chunked => (411, None),
                     _ => (400, None),
                 };
@@ -63,7 +64,8 @@ pub async fn serve<S: Transport>(
                     .unwrap_or(false)
             }
             Ok(Routed::Ping(Started::Parked(waiting))) => {
-                let ended = ping::wait(&waiting, &mut stream, &mut buf).await;
+                let ended =
+                    ping::wait(&waiting, &mut stream, &mut buf, shared.config.sizes.head).await;
                 Box::pin(ping::finish(shared, &mut stream, &waiting.context, ended))
                     .await
                     .unwrap_or(false)

@@ -275,6 +275,7 @@ pub async fn wait<S: Transport>(
     waiting: &Waiting,
     stream: &mut S,
     buf: &mut Vec<u8>,
+    max_pipelined: usize,
 ) -> Result<Finished, ClientGone> {
     let deadline = waiting.context.started + Duration::from_secs(waiting.heartbeat.into());
     let ended = |response, outcome| {
@@ -307,7 +308,7 @@ pub async fn wait<S: Transport>(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
-            () = stream.closed(buf) => return Err(ClientGone),
+            () = stream.closed(buf, max_pipelined) => return Err(ClientGone),
         }
     }
 }

@@ -7,17 +7,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::http::request::MAX_HEAD;
-
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Completes when the client closes the connection. Bytes it sends meanwhile (a pipelined
-    /// request) are appended to `buf`, up to the head limit.
-    fn closed<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> impl Future<Output = ()> + Send + 'a;
+    /// request) are appended to `buf`; past `max` of them the connection counts as gone.
+    fn closed<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+        max: usize,
+    ) -> impl Future<Output = ()> + Send + 'a;
 }
 
 impl Transport for TcpStream {
     /// Waits for readability without holding a buffer: a parked plaintext Ping keeps none.
-    async fn closed(&mut self, buf: &mut Vec<u8>) {
+    async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) {
         loop {
             if self.readable().await.is_err() {
                 return;
@@ -27,7 +29,7 @@ impl Transport for TcpStream {
                 Ok(0) => return,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > MAX_HEAD {
+                    if buf.len() > max {
                         return;
                     }
                 }
@@ -41,14 +43,14 @@ impl Transport for TcpStream {
 impl Transport for TlsStream<TcpStream> {
     /// TLS records must be decrypted to see a close, so this reads, in small pieces to keep
     /// the parked state small.
-    async fn closed(&mut self, buf: &mut Vec<u8>) {
+    async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) {
         loop {
             let mut chunk = [0u8; 64];
             match self.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > MAX_HEAD {
+                    if buf.len() > max {
                         return;
                     }
                 }

@@ -531,3 +531,39 @@ async fn failed_logins_are_uniform_and_throttled() {
     );
     env.cleanup().await;
 }
+
+/// Head and body sizes are settings: past them, 431 and 413, counted as limits.
+#[tokio::test]
+async fn head_and_body_limits_are_configurable() {
+    let env = Env::new().await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[("--max-head-bytes", "1024"), ("--max-body-bytes", "100")],
+    )
+    .await;
+    let head = format!(
+        "POST /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nX-Filler: {}\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(2000)
+    );
+    assert_eq!(
+        raw(a.addr, head.as_bytes()).await.expect("answered").status,
+        431
+    );
+    let body = "POST /Microsoft-Server-ActiveSync?Cmd=Ping HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
+    assert_eq!(
+        raw(a.addr, body.as_bytes()).await.expect("answered").status,
+        413
+    );
+    assert!(
+        a.metric("dp_frontend_limited_total{limit=\"head_size\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        a.metric("dp_frontend_limited_total{limit=\"body_size\"}")
+            .await
+            >= 1.0
+    );
+    env.cleanup().await;
+}

@@ -4,10 +4,22 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Largest request head accepted.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body accepted (a Ping body is well under 1 KiB).
-pub const MAX_BODY: usize = 64 * 1024;
+/// Size bounds on one request.
+#[derive(Clone, Copy, Debug)]
+pub struct SizeLimits {
+    pub head: usize,
+    pub body: usize,
+}
+
+impl Default for SizeLimits {
+    /// 16 KiB of head, 64 KiB of body (a Ping body is well under 1 KiB).
+    fn default() -> Self {
+        SizeLimits {
+            head: 16 * 1024,
+            body: 64 * 1024,
+        }
+    }
+}
 const MAX_HEADERS: usize = 48;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,10 +52,10 @@ pub enum ReadError {
     Idle,
     #[error("request took longer than the header timeout")]
     Slow,
-    #[error("request head over {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("request body over {MAX_BODY} bytes")]
-    BodyTooLarge,
+    #[error("request head over {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("request body over {0} bytes")]
+    BodyTooLarge(usize),
     #[error("malformed request: {0}")]
     Malformed(String),
     #[error("chunked request bodies are not accepted; send Content-Length")]
@@ -59,6 +71,7 @@ pub async fn read<S: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     idle: Duration,
     header_timeout: Duration,
+    limits: SizeLimits,
 ) -> Result<Request, ReadError> {
     if buf.is_empty() {
         // Between requests a keep-alive connection may idle; only once a request starts does
@@ -71,7 +84,7 @@ pub async fn read<S: AsyncRead + Unpin>(
             }
         }
     }
-    tokio::time::timeout(header_timeout, read_rest(stream, buf))
+    tokio::time::timeout(header_timeout, read_rest(stream, buf, limits))
         .await
         .unwrap_or(Err(ReadError::Slow))
 }
@@ -87,9 +100,10 @@ async fn read_more<S: AsyncRead + Unpin>(
 async fn read_rest<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
+    limits: SizeLimits,
 ) -> Result<Request, ReadError> {
     loop {
-        if let Some((head_len, mut request, content_length)) = parse_head(buf)? {
+        if let Some((head_len, mut request, content_length)) = parse_head(buf, limits)? {
             buf.drain(..head_len);
             while buf.len() < content_length {
                 if read_more(stream, buf).await? == 0 {
@@ -105,8 +119,8 @@ async fn read_rest<S: AsyncRead + Unpin>(
             }
             return Ok(request);
         }
-        if buf.len() >= MAX_HEAD {
-            return Err(ReadError::HeadTooLarge);
+        if buf.len() >= limits.head {
+            return Err(ReadError::HeadTooLarge(limits.head));
         }
         if read_more(stream, buf).await? == 0 {
             return Err(ReadError::Malformed(
@@ -117,7 +131,10 @@ async fn read_rest<S: AsyncRead + Unpin>(
 }
 
 /// Parses a complete head, or says more bytes are needed (`None`).
-pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadError> {
+pub fn parse_head(
+    buf: &[u8],
+    limits: SizeLimits,
+) -> Result<Option<(usize, Request, usize)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -130,8 +147,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadErr
         }
         Err(e) => return Err(ReadError::Malformed(e.to_string())),
     };
-    if head_len > MAX_HEAD {
-        return Err(ReadError::HeadTooLarge);
+    if head_len > limits.head {
+        return Err(ReadError::HeadTooLarge(limits.head));
     }
     let method = match parsed.method {
         Some("POST") => Method::Post,
@@ -186,8 +203,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadErr
         }
     }
     let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY {
-        return Err(ReadError::BodyTooLarge);
+    if content_length > limits.body {
+        return Err(ReadError::BodyTooLarge(limits.body));
     }
     Ok(Some((head_len, request, content_length)))
 }
@@ -200,7 +217,9 @@ mod tests {
     fn parses_a_ping_head() {
         let raw = b"POST /Microsoft-Server-ActiveSync?Cmd=Ping&User=a HTTP/1.1\r\nHost: x\r\n\
             Authorization: Basic YTpi\r\nMS-ASProtocolVersion: 14.1\r\nContent-Length: 3\r\n\r\nabc";
-        let (len, request, body) = parse_head(raw).expect("valid").expect("complete");
+        let (len, request, body) = parse_head(raw, SizeLimits::default())
+            .expect("valid")
+            .expect("complete");
         assert_eq!((len, body), (raw.len() - 3, 3));
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.path, "/Microsoft-Server-ActiveSync");
@@ -211,17 +230,28 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_frame() {
-        assert!(parse_head(b"POST / HTTP/1.1\r\nContent-Len")
-            .expect("partial")
-            .is_none());
+        assert!(
+            parse_head(b"POST / HTTP/1.1\r\nContent-Len", SizeLimits::default())
+                .expect("partial")
+                .is_none()
+        );
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse_head(chunked), Err(ReadError::Chunked)));
-        let big = b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n";
-        assert!(matches!(parse_head(big), Err(ReadError::BodyTooLarge)));
-        let conflict = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
-        assert!(matches!(parse_head(conflict), Err(ReadError::Malformed(_))));
         assert!(matches!(
-            parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"),
+            parse_head(chunked, SizeLimits::default()),
+            Err(ReadError::Chunked)
+        ));
+        let big = b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n";
+        assert!(matches!(
+            parse_head(big, SizeLimits::default()),
+            Err(ReadError::BodyTooLarge(_))
+        ));
+        let conflict = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(
+            parse_head(conflict, SizeLimits::default()),
+            Err(ReadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n", SizeLimits::default()),
             Err(ReadError::Malformed(_))
         ));
     }
