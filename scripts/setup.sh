@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what directpush's tests and local cluster need, idempotently: PostgreSQL,
 # Redis and NATS with JetStream on their standard local ports, Debian's libwbxml2-utils (the
-# independent WBXML codec the cross-check runs), curl, and cargo-nextest.
+# independent WBXML codec the cross-check runs), curl and openssl (TLS and JWT tests), and
+# cargo-nextest.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -18,6 +19,7 @@ wait_for_port() {
 
 command -v wbxml2xml >/dev/null && command -v xml2wbxml >/dev/null || { echo "setup: installing libwbxml2-utils"; apt_install libwbxml2-utils; }
 command -v curl >/dev/null || apt_install curl
+command -v openssl >/dev/null || apt_install openssl
 
 if ! answers 5432; then
   command -v pg_ctlcluster >/dev/null || { echo "setup: installing PostgreSQL"; apt_install postgresql; }

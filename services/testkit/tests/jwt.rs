@@ -184,3 +184,84 @@ async fn es256_keys_from_a_jwks_file() {
     let _ = std::fs::remove_file(path);
     env.cleanup().await;
 }
+
+/// RS256 keys from a JWKS file (the RSA key made with the openssl CLI).
+#[tokio::test]
+async fn rs256_keys_from_a_jwks_file() {
+    let env = Env::new().await;
+    let dir = std::env::temp_dir().join(format!(
+        "dp-rsa-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pem_path = dir.join("rsa.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&pem_path)
+        .arg("2048")
+        .output()
+        .expect("openssl runs (scripts/setup.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let modulus = std::process::Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&pem_path)
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&modulus.stdout);
+    let hex = text.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwks =
+        json!({"keys": [{"kty": "RSA", "n": b64(&n), "e": "AQAB", "kid": "r1", "alg": "RS256"}]});
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).expect("writes");
+    let jwks_text = jwks_path.to_string_lossy().into_owned();
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[
+            ("--auth-mode", "jwt"),
+            ("--jwt-jwks-file", &jwks_text),
+            ("--jwt-issuer", "idp"),
+            ("--jwt-audience", "dp"),
+        ],
+    )
+    .await;
+    let signing =
+        EncodingKey::from_rsa_pem(&std::fs::read(&pem_path).expect("reads")).expect("RSA key");
+    let mut header = Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("r1".into());
+    let token = encode(
+        &header,
+        &claims("dora@example.com", "idp", "dp", now() + 600),
+        &signing,
+    )
+    .expect("token");
+    assert_eq!(
+        ping_with(&a, "dora@example.com", &token)
+            .await
+            .ping()
+            .status,
+        PingStatus::Expired
+    );
+    let expired = encode(
+        &header,
+        &claims("dora@example.com", "idp", "dp", now() - 600),
+        &signing,
+    )
+    .expect("token");
+    assert_eq!(
+        ping_with(&a, "dora@example.com", &expired).await.status,
+        401
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    env.cleanup().await;
+}
