@@ -116,7 +116,11 @@ impl RateWindow {
                 .retain(|_, (start, _)| now.duration_since(*start) < window);
             shard.swept = now;
         }
-        let (start, count) = shard.counts.entry(key.to_owned()).or_insert((now, 0));
+        // Look up before inserting: the common case (a key seen this minute) allocates nothing.
+        if !shard.counts.contains_key(key) {
+            shard.counts.insert(key.to_owned(), (now, 0));
+        }
+        let (start, count) = shard.counts.get_mut(key)?;
         if now.duration_since(*start) >= self.window {
             *start = now;
             *count = 0;

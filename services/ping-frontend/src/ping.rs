@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use dp_db::history::HistoryRow;
 use dp_keyspace::{Check, Claim, Device, Owner};
 use dp_proto::events::{EvictEvent, FolderVersion};
-use dp_proto::ids::device_key;
 use dp_proto::ping::{PingFolder, PingRequest, PingResponse};
 use dp_proto::query::EasRequest;
 use tokio::io::AsyncWriteExt;
@@ -121,11 +120,12 @@ pub async fn start(
     shared: &Arc<Shared>,
     query: &EasRequest,
     mailbox: String,
+    key: String,
     request: &Request,
 ) -> Started {
     let body = PingRequest::parse(&request.body);
     let context = Context {
-        key: device_key(&mailbox, &query.device_id),
+        key,
         mailbox,
         device_id: query.device_id.clone(),
         device_type: query.device_type.clone(),

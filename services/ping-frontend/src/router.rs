@@ -121,7 +121,7 @@ async fn post<S: Transport>(
         return Ok(Routed::Done(false));
     }
     Ok(Routed::Ping(
-        ping::start(shared, &query, mailbox, &request).await,
+        ping::start(shared, &query, mailbox, device, &request).await,
     ))
 }
 

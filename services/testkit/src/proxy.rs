@@ -2,7 +2,7 @@
 //! ones refused) and restore: a network partition between one pod and that service.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -11,6 +11,8 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Proxied connections still open.
+    active: Arc<AtomicUsize>,
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -21,7 +23,8 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
-        let (flag, gen) = (cut.clone(), generation.clone());
+        let active = Arc::new(AtomicUsize::new(0));
+        let (flag, gen, open) = (cut.clone(), generation.clone(), active.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if flag.load(Ordering::Acquire) {
@@ -29,30 +32,46 @@ impl Proxy {
                     continue;
                 }
                 let mut cut_signal = gen.subscribe();
+                open.fetch_add(1, Ordering::SeqCst);
+                let open = open.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_signal.changed() => {}
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let mut client = client;
+                        // A cut wins over data in flight: nothing passes once it is signalled.
+                        tokio::select! {
+                            biased;
+                            _ = cut_signal.changed() => {}
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        }
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         Proxy {
             addr,
             cut,
+            active,
             generation,
             task,
         }
     }
 
-    /// Drops every proxied connection and refuses new ones until [`restore`](Self::restore).
-    pub fn cut(&self) {
+    /// Drops every proxied connection and refuses new ones until [`restore`](Self::restore);
+    /// returns once every proxied connection is closed, so nothing passes after it.
+    pub async fn cut(&self) {
         self.cut.store(true, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
+        let active = self.active.clone();
+        crate::wait_for(
+            "the proxy's connections to close",
+            std::time::Duration::from_secs(5),
+            || {
+                let active = active.clone();
+                async move { (active.load(Ordering::SeqCst) == 0).then_some(()) }
+            },
+        )
+        .await;
     }
 
     pub fn restore(&self) {

@@ -113,7 +113,7 @@ async fn watcher_crash_after_202_loses_no_change() {
     let redis_proxy = Proxy::start(redis).await;
     let broken_redis = format!("redis://{}", redis_proxy.addr);
     let mut broken = Watcher::start(&env, "w2", &[("--redis-url", &broken_redis)]).await;
-    redis_proxy.cut();
+    redis_proxy.cut().await;
     broken.change(&env, "grace", &["2"]).await;
     wait_for(
         "the broken watcher to fail a dispatch",
@@ -165,7 +165,7 @@ async fn nats_partition_loses_no_change() {
     });
     env.wait_parked("heidi", "p", "a", None).await;
 
-    proxy.cut();
+    proxy.cut().await;
     let admin = a.admin;
     wait_for(
         "the pod to notice the partition",

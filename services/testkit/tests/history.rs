@@ -92,7 +92,7 @@ async fn one_row_per_outcome() {
     );
 
     // error (Status 8): Redis unreachable from the flaky pod, which answers instead of hanging.
-    redis_proxy.cut();
+    redis_proxy.cut().await;
     let mut unlucky = Device::new(flaky.addr, "mia", "pw", "unlucky");
     let answer = unlucky
         .ping_within(Some(&ping_body(30, &["1"])), 10 * SECOND)
@@ -175,7 +175,7 @@ async fn pings_are_served_while_the_database_is_down() {
     })
     .await;
 
-    pg.cut();
+    pg.cut().await;
     for _ in 0..3 {
         let answer = phone
             .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
