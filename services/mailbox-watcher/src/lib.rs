@@ -37,6 +37,8 @@ pub struct Shared {
     subjects: Subjects,
     metrics: Metrics,
     stream_ready: AtomicBool,
+    /// Set once the dispatcher has Redis and its consumer (with the dispatch role).
+    dispatch_ready: AtomicBool,
 }
 
 /// Creates the change stream if it is missing (and keeps its settings current).
@@ -86,6 +88,7 @@ pub async fn run(
         store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
         subjects: Subjects::new(&config.namespace),
         stream_ready: AtomicBool::new(false),
+        dispatch_ready: AtomicBool::new(false),
         config,
         nats,
         metrics,
@@ -137,6 +140,7 @@ pub async fn run(
             .messages()
             .await
             .map_err(|e| anyhow::anyhow!("reading the change stream: {e}"))?;
+        shared.dispatch_ready.store(true, Ordering::Release);
         let (s, d) = (shared.clone(), drain.clone());
         tasks.push(tokio::spawn(async move {
             dispatch::run(s, redis, messages, d).await;
@@ -171,6 +175,9 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
             }
             if !shared.stream_ready.load(Ordering::Acquire) {
                 problems.push("change stream not ready");
+            }
+            if shared.config.dispatch && !shared.dispatch_ready.load(Ordering::Acquire) {
+                problems.push("dispatcher not started (waiting for Redis or its consumer)");
             }
             dp_runtime::ready_unless(problems)
         })
