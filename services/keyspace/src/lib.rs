@@ -110,9 +110,15 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Scripts {
-            claim: Script::new(include_str!("scripts/claim.lua")),
+            claim: Script::new(concat!(
+                include_str!("scripts/news.lua"),
+                include_str!("scripts/claim.lua")
+            )),
             bump: Script::new(include_str!("scripts/bump.lua")),
-            check: Script::new(include_str!("scripts/check.lua")),
+            check: Script::new(concat!(
+                include_str!("scripts/news.lua"),
+                include_str!("scripts/check.lua")
+            )),
         }
     }
 }

@@ -15,16 +15,8 @@ pub struct WatcherArgs {
     pub listen_addr: String,
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9091")]
     pub admin_addr: String,
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
-    pub namespace: String,
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
+    #[command(flatten)]
+    pub common: dp_runtime::CommonArgs,
     /// Bearer token the ingest API requires (at least 16 characters).
     #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
@@ -81,8 +73,7 @@ pub struct Config {
 
 impl WatcherArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
-        dp_runtime::check_namespace(&self.namespace)?;
-        let pod = dp_runtime::pod_name(self.pod_name)?;
+        let common = self.common.check()?;
         let (mut ingest, mut dispatch) = (false, false);
         for role in self.roles.split(',').map(str::trim) {
             match role {
@@ -137,14 +128,11 @@ impl WatcherArgs {
         Ok(Config {
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
             admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
-            nats_url: self.nats_url,
-            redis_url: self.redis_url,
-            namespace: self.namespace,
-            pod,
-            log_format: self
-                .log_format
-                .parse()
-                .map_err(|e| ConfigError::new("LOG_FORMAT", e))?,
+            nats_url: common.nats_url,
+            redis_url: common.redis_url,
+            namespace: common.namespace,
+            pod: common.pod,
+            log_format: common.log_format,
             ingest_token: self.ingest_token,
             ingest,
             dispatch,

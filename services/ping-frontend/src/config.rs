@@ -16,24 +16,14 @@ pub struct FrontendArgs {
     /// /healthz, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: String,
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub common: dp_runtime::CommonArgs,
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/directpush"
     )]
     pub database_url: String,
-    /// Prefix of every Redis key, NATS subject and JetStream stream.
-    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
-    pub namespace: String,
-    /// This pod's name in owner records and subjects; default: the host name.
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
     /// Shortest heartbeat accepted, in seconds (Status 5 below it).
     #[arg(long, env = "MIN_HEARTBEAT", default_value_t = 60)]
     pub min_heartbeat: u32,
@@ -186,8 +176,7 @@ fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
 
 impl FrontendArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
-        dp_runtime::check_namespace(&self.namespace)?;
-        let pod = dp_runtime::pod_name(self.pod_name)?;
+        let common = self.common.check()?;
         if self.min_heartbeat == 0 || self.min_heartbeat > self.max_heartbeat {
             return Err(ConfigError::new(
                 "MIN_HEARTBEAT",
@@ -242,19 +231,15 @@ impl FrontendArgs {
                 ))
             }
         };
-        let log_format = self
-            .log_format
-            .parse()
-            .map_err(|e| ConfigError::new("LOG_FORMAT", e))?;
         Ok(Config {
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
             admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
-            nats_url: self.nats_url,
-            redis_url: self.redis_url,
+            nats_url: common.nats_url,
+            redis_url: common.redis_url,
             database_url: self.database_url,
-            namespace: self.namespace,
-            pod,
-            log_format,
+            namespace: common.namespace,
+            pod: common.pod,
+            log_format: common.log_format,
             limits: PingLimits {
                 min_heartbeat: self.min_heartbeat,
                 max_heartbeat: self.max_heartbeat,

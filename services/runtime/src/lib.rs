@@ -28,6 +28,50 @@ impl ConfigError {
     }
 }
 
+/// The settings every service shares, flattened into each one's flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key, NATS subject and JetStream stream.
+    #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
+    pub namespace: String,
+    /// This pod's name in owner records and subjects; default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// `json` (for containers) or `text`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+/// [`CommonArgs`], checked.
+#[derive(Clone, Debug)]
+pub struct Common {
+    pub nats_url: String,
+    pub redis_url: String,
+    pub namespace: String,
+    pub pod: String,
+    pub log_format: logging::LogFormat,
+}
+
+impl CommonArgs {
+    pub fn check(self) -> Result<Common, ConfigError> {
+        check_namespace(&self.namespace)?;
+        Ok(Common {
+            pod: pod_name(self.pod_name)?,
+            log_format: self
+                .log_format
+                .parse()
+                .map_err(|e| ConfigError::new("LOG_FORMAT", e))?,
+            nats_url: self.nats_url,
+            redis_url: self.redis_url,
+            namespace: self.namespace,
+        })
+    }
+}
+
 /// A `host:port` setting.
 pub fn parse_addr(setting: &'static str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
     value

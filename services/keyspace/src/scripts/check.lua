@@ -9,14 +9,6 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
 end
 local out = {'ok'}
 for i = 3, #ARGV do
-  local id = ARGV[i]
-  local version = redis.call('HGET', KEYS[1], id) or '0'
-  local notified = redis.call('HGET', KEYS[3], id)
-  if not notified then
-    redis.call('HSET', KEYS[3], id, version)
-  elseif notified ~= version then
-    out[#out + 1] = id
-    out[#out + 1] = version
-  end
+  news(KEYS[1], KEYS[3], ARGV[i], out)
 end
 return out

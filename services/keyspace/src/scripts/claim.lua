@@ -45,17 +45,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ttl)
 local out = {'ok', previous, cached_heartbeat, cached_folders}
 for _, folder in ipairs(folders) do
-  local id = folder[1]
-  local version = redis.call('HGET', KEYS[1], id) or '0'
-  local notified = redis.call('HGET', KEYS[3], id)
-  if not notified then
-    -- First sight of this folder for this device: what came before is not news to it.
-    redis.call('HSET', KEYS[3], id, version)
-  elseif notified ~= version then
-    -- Newer, or the versions were lost and restarted: either way the device should look.
-    out[#out + 1] = id
-    out[#out + 1] = version
-  end
+  news(KEYS[1], KEYS[3], folder[1], out)
 end
 redis.call('EXPIRE', KEYS[3], ttl)
 if redis.call('EXISTS', KEYS[1]) == 1 then
