@@ -11,6 +11,7 @@
 //! | `<ns>:{M}:own` | hash | device key -> owner of its parked Ping, `pod\trequest\texpiry_ms` |
 //! | `<ns>:{M}:ntf:<device>` | hash | folder id -> version last reported to the device |
 //! | `<ns>:{M}:prm:<device>` | string | the device's last heartbeat and folders, JSON |
+//! | `<ns>:{M}:unc:<device>` | hash | the last Status 2 not yet known heard: `_until` (ms) and folder id -> the version it replaced |
 #![forbid(unsafe_code)]
 
 use dp_proto::events::FolderVersion;
@@ -53,6 +54,10 @@ impl Keyspace {
 
     pub fn params(&self, mailbox: &str, device_id: &str) -> String {
         self.mailbox(mailbox, &format!("prm:{}", token(device_id)))
+    }
+
+    pub fn unconfirmed(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("unc:{}", token(device_id)))
     }
 
     /// A pattern matching every key of the namespace (for tests and tools that clean up).
@@ -105,6 +110,7 @@ pub struct Scripts {
     claim: Script,
     bump: Script,
     check: Script,
+    ack: Script,
 }
 
 impl Default for Scripts {
@@ -115,6 +121,7 @@ impl Default for Scripts {
                 include_str!("scripts/claim.lua")
             )),
             bump: Script::new(include_str!("scripts/bump.lua")),
+            ack: Script::new(include_str!("scripts/ack.lua")),
             check: Script::new(concat!(
                 include_str!("scripts/news.lua"),
                 include_str!("scripts/check.lua")
@@ -140,13 +147,15 @@ impl Store {
     }
 
     /// Records `owner` as the device's parked Ping, merges the request with the cached
-    /// parameters (and caches the result), and finds the monitored folders with news.
+    /// parameters (and caches the result), settles the device's last Status 2 (see
+    /// [`Store::ack`]) and finds the monitored folders with news. `now_ms` is the pod's clock.
     pub async fn claim<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
         owner: &Owner,
         request: &PingRequest,
+        now_ms: u64,
     ) -> RedisResult<Claim> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
@@ -154,19 +163,20 @@ impl Store {
             .key(self.keys.owners(device.mailbox))
             .key(self.keys.notified(device.mailbox, device.device_id))
             .key(self.keys.params(device.mailbox, device.device_id))
+            .key(self.keys.unconfirmed(device.mailbox, device.device_id))
             .arg(device.key)
             .arg(owner.encode())
             .arg(self.ttl_secs)
             .arg(request.heartbeat.map_or(String::new(), |h| h.to_string()));
         match &request.folders {
             Some(folders) => {
-                invocation.arg(folders.len());
+                invocation.arg(folders.len()).arg(now_ms);
                 for folder in folders {
                     invocation.arg(&folder.id).arg(folder.class.as_str());
                 }
             }
             None => {
-                invocation.arg(-1);
+                invocation.arg(-1).arg(now_ms);
             }
         }
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
@@ -203,28 +213,30 @@ impl Store {
         })
     }
 
-    /// Records that the device was told of these versions (after its Status 2 was written).
+    /// Records that the device was told of these versions (after its Status 2 was written), by
+    /// the answer to a Ping whose heartbeat would have run out at `until_ms`. The report stands
+    /// once the device's next Ping comes before `until_ms`; a later one hears it again.
     pub async fn ack<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
         versions: &[FolderVersion],
+        until_ms: u64,
     ) -> RedisResult<()> {
         if versions.is_empty() {
             return Ok(());
         }
-        let key = self.keys.notified(device.mailbox, device.device_id);
-        let fields: Vec<(&str, String)> = versions
-            .iter()
-            .map(|v| (v.id.as_str(), v.version.to_string()))
-            .collect();
-        redis::pipe()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .expire(&key, self.ttl_secs as i64)
-            .ignore()
-            .query_async(conn)
-            .await
+        let mut invocation = self.scripts.ack.prepare_invoke();
+        invocation
+            .key(self.keys.notified(device.mailbox, device.device_id))
+            .key(self.keys.unconfirmed(device.mailbox, device.device_id))
+            .arg(self.ttl_secs)
+            .arg(until_ms);
+        for v in versions {
+            invocation.arg(&v.id).arg(v.version);
+        }
+        let _: i64 = invocation.invoke_async(conn).await?;
+        Ok(())
     }
 
     /// Whether a parked Ping still owns its device and which monitored folders have news.

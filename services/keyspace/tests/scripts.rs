@@ -42,6 +42,9 @@ async fn cleanup(conn: &mut redis::aio::MultiplexedConnection, store: &Store) {
     }
 }
 
+/// The pods' clock in these tests.
+const NOW: u64 = 1_800_000_000_000;
+
 fn full(heartbeat: u32, ids: &[&str]) -> PingRequest {
     PingRequest {
         heartbeat: Some(heartbeat),
@@ -83,7 +86,13 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // First Ping: baseline, nothing new, no previous owner.
     let claim = store
-        .claim(&mut conn, device, &owner("a", 1), &full(60, &["5", "6"]))
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 1),
+            &full(60, &["5", "6"]),
+            NOW,
+        )
         .await
         .expect("claim");
     assert_eq!(
@@ -112,7 +121,13 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // Bump first, then claim: the claim reports the folder at once, empty body reusing the cache.
     let claim = store
-        .claim(&mut conn, device, &owner("b", 2), &PingRequest::default())
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 2),
+            &PingRequest::default(),
+            NOW,
+        )
         .await
         .expect("claim");
     let Claim::Claimed {
@@ -139,12 +154,94 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
     );
 
     // I2: once acknowledged, the same version is not reported again.
-    store.ack(&mut conn, device, &changed).await.expect("ack");
+    store
+        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .await
+        .expect("ack");
     let again = store
-        .claim(&mut conn, device, &owner("b", 3), &PingRequest::default())
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 3),
+            &PingRequest::default(),
+            NOW,
+        )
         .await
         .expect("claim");
     assert!(changed_of(&again).is_empty());
+
+    // I1 under a silent drop: a Status 2 (to a Ping whose heartbeat ran until NOW + 60 s) was
+    // written, but the device came back only after that heartbeat ran out, as one does that
+    // waited out a dead connection: it may never have heard it, so it hears it again; once.
+    store
+        .bump(&mut conn, "alice@example.com", &["5".into()], 1)
+        .await
+        .expect("bump");
+    let changed = changed_of(
+        &store
+            .claim(
+                &mut conn,
+                device,
+                &owner("b", 3),
+                &PingRequest::default(),
+                NOW,
+            )
+            .await
+            .expect("claim"),
+    );
+    assert_eq!(changed.len(), 1);
+    store
+        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .await
+        .expect("ack");
+    let late = NOW + 61_000;
+    let again = store
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 4),
+            &PingRequest::default(),
+            late,
+        )
+        .await
+        .expect("claim");
+    assert_eq!(
+        changed_of(&again),
+        changed,
+        "reported again after a late return"
+    );
+    store
+        .ack(&mut conn, device, &changed, late + 60_000)
+        .await
+        .expect("ack");
+    let settled = store
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 5),
+            &PingRequest::default(),
+            late + 1,
+        )
+        .await
+        .expect("claim");
+    assert!(
+        changed_of(&settled).is_empty(),
+        "an early return settles it (I2)"
+    );
+    let later = store
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 3),
+            &PingRequest::default(),
+            late + 999_999,
+        )
+        .await
+        .expect("claim");
+    assert!(
+        changed_of(&later).is_empty(),
+        "settled reports are never repeated"
+    );
 
     // check: the owner sees news; an older owner learns it was superseded.
     store
@@ -180,7 +277,13 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         key: &key,
     };
     let empty = store
-        .claim(&mut conn, device, &owner("a", 1), &PingRequest::default())
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 1),
+            &PingRequest::default(),
+            NOW,
+        )
         .await
         .expect("claim");
     assert_eq!(empty, Claim::MissingParameters, "nothing cached: Status 3");
@@ -189,7 +292,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         folders: None,
     };
     let claim = store
-        .claim(&mut conn, device, &owner("a", 1), &only_heartbeat)
+        .claim(&mut conn, device, &owner("a", 1), &only_heartbeat, NOW)
         .await
         .expect("claim");
     assert_eq!(
@@ -199,11 +302,11 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
     );
 
     store
-        .claim(&mut conn, device, &owner("a", 2), &full(120, &["1"]))
+        .claim(&mut conn, device, &owner("a", 2), &full(120, &["1"]), NOW)
         .await
         .expect("claim");
     let claim = store
-        .claim(&mut conn, device, &owner("a", 3), &only_heartbeat)
+        .claim(&mut conn, device, &owner("a", 3), &only_heartbeat, NOW)
         .await
         .expect("claim");
     let Claim::Claimed {
@@ -225,7 +328,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         expiry_ms: 10,
     };
     store
-        .claim(&mut conn, device, &expired, &PingRequest::default())
+        .claim(&mut conn, device, &expired, &PingRequest::default(), NOW)
         .await
         .expect("claim");
     let bump = store

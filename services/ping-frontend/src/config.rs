@@ -24,6 +24,10 @@ pub struct FrontendArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/directpush"
     )]
     pub database_url: String,
+    /// Most PostgreSQL connections this pod opens (history writes and password checks).
+    /// Many pods on one database: keep pods × this under the server's max_connections.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 8)]
+    pub database_pool_size: u32,
     /// Shortest heartbeat accepted, in seconds (Status 5 below it).
     #[arg(long, env = "MIN_HEARTBEAT", default_value_t = 60)]
     pub min_heartbeat: u32,
@@ -139,6 +143,7 @@ pub struct Config {
     pub nats_url: String,
     pub redis_url: String,
     pub database_url: String,
+    pub database_pool_size: u32,
     pub namespace: String,
     pub pod: String,
     pub log_format: LogFormat,
@@ -190,6 +195,7 @@ impl FrontendArgs {
         positive("MAX_HEAD_BYTES", self.max_head_bytes as u64)?;
         positive("MAX_BODY_BYTES", self.max_body_bytes as u64)?;
         positive("MAX_CONNECTIONS", self.max_connections as u64)?;
+        positive("DATABASE_POOL_SIZE", u64::from(self.database_pool_size))?;
         positive("DEVICE_STATE_TTL_DAYS", self.device_state_ttl_days.into())?;
         positive("REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
         positive("HEADER_TIMEOUT_SECS", self.header_timeout_secs)?;
@@ -237,6 +243,7 @@ impl FrontendArgs {
             nats_url: common.nats_url,
             redis_url: common.redis_url,
             database_url: self.database_url,
+            database_pool_size: self.database_pool_size,
             namespace: common.namespace,
             pod: common.pod,
             log_format: common.log_format,

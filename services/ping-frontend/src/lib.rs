@@ -94,7 +94,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let pool = dp_db::lazy_pool(&config.database_url, 8)?;
+    let pool = dp_db::lazy_pool(&config.database_url, config.database_pool_size)?;
     if config.migrate_on_start {
         dp_db::migrate(&pool).await?;
     }

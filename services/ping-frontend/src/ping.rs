@@ -186,7 +186,13 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
     };
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
-    let claimed = shared.store.claim(&mut redis, device, &waiting.owner, ping);
+    let claimed = shared.store.claim(
+        &mut redis,
+        device,
+        &waiting.owner,
+        ping,
+        dp_runtime::now_ms(),
+    );
     let changed = match tokio::time::timeout(shared.config.redis_timeout, claimed).await {
         Ok(Ok(Claim::MissingParameters)) => {
             return answer_now(
@@ -425,7 +431,12 @@ async fn answer<S: Transport>(
     }
     let mut redis = shared.redis.clone();
     let device = context.device();
-    let ack = shared.store.ack(&mut redis, device, &finished.reported);
+    // When this Ping's heartbeat would have run out: a device that comes back sooner heard us.
+    let until_ms = context.started_at.timestamp_millis().max(0) as u64
+        + u64::from(finished.heartbeat.unwrap_or(0)) * 1000;
+    let ack = shared
+        .store
+        .ack(&mut redis, device, &finished.reported, until_ms);
     if !matches!(
         tokio::time::timeout(shared.config.redis_timeout, ack).await,
         Ok(Ok(()))

@@ -146,6 +146,9 @@ pub struct Device {
     pub device_id: String,
     /// Send the base64 query form instead of the plain one.
     pub base64_query: bool,
+    /// Connect from this local address (port chosen by the kernel): many source addresses
+    /// give a load test more than one address pair's ephemeral ports.
+    pub source: Option<std::net::IpAddr>,
     stream: Option<Box<dyn Stream>>,
     buf: Vec<u8>,
 }
@@ -158,6 +161,7 @@ impl Device {
             password: password.to_owned(),
             device_id: device_id.to_owned(),
             base64_query: false,
+            source: None,
             tls: None,
             bearer: None,
             stream: None,
@@ -236,7 +240,18 @@ impl Device {
     /// Sends any request on the device's connection and reads the answer.
     pub async fn send(&mut self, request: &[u8]) -> std::io::Result<HttpResponse> {
         if self.stream.is_none() {
-            let tcp = TcpStream::connect(self.addr).await?;
+            let tcp = match self.source {
+                None => TcpStream::connect(self.addr).await?,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(self.addr).await?
+                }
+            };
             self.stream = Some(match &self.tls {
                 None => Box::new(tcp),
                 Some(connector) => {

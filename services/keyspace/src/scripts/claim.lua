@@ -1,8 +1,9 @@
 -- claim: run by the frontend on every Ping, atomically.
--- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device)
+-- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device),
+--       5 unconfirmed (this device)
 -- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
 --       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
---       6.. folder id, class, id, class, ...
+--       6 now (ms), 7.. folder id, class, id, class, ...
 -- Returns {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
 -- else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or '',
 --       changed id, version, changed id, version, ...}.
@@ -13,7 +14,7 @@ local folders = nil
 if count >= 0 then
   folders = {}
   for i = 0, count - 1 do
-    folders[#folders + 1] = {ARGV[6 + 2 * i], ARGV[7 + 2 * i]}
+    folders[#folders + 1] = {ARGV[7 + 2 * i], ARGV[8 + 2 * i]}
   end
 end
 local from_body = heartbeat ~= nil or folders ~= nil
@@ -43,6 +44,26 @@ end
 local previous = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ttl)
+-- The last Status 2 stands if the device came back before that Ping's heartbeat ran out: only
+-- an answer brings a device back early. Coming back later, it may have waited out a connection
+-- a carrier dropped silently, the answer with it: report those folders again (a duplicate at
+-- worst, never a loss).
+local unconfirmed = redis.call('HGETALL', KEYS[5])
+if #unconfirmed > 0 then
+  local until_ms, restore = nil, {}
+  for i = 1, #unconfirmed, 2 do
+    if unconfirmed[i] == '_until' then
+      until_ms = tonumber(unconfirmed[i + 1])
+    else
+      restore[#restore + 1] = unconfirmed[i]
+      restore[#restore + 1] = unconfirmed[i + 1]
+    end
+  end
+  if until_ms and tonumber(ARGV[6]) >= until_ms and #restore > 0 then
+    redis.call('HSET', KEYS[3], unpack(restore))
+  end
+  redis.call('DEL', KEYS[5])
+end
 local out = {'ok', previous, cached_heartbeat, cached_folders}
 for _, folder in ipairs(folders) do
   news(KEYS[1], KEYS[3], folder[1], out)

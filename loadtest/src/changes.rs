@@ -1,0 +1,210 @@
+//! Changes sent through the watcher's ingest API, and matching them with the wakes the devices
+//! heard: latency per change and misses.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dp_testkit::client::read_response;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::plan::{now_us, Auth};
+
+/// A change sent: which mailbox, when the request left, and whether it was accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    pub mailbox: usize,
+    pub at_us: u64,
+    pub accepted: bool,
+}
+
+/// Sends `per_sec` changes a second for random mailboxes of `auth` over `connections`
+/// keep-alive connections until `stop` fires; returns what was sent.
+pub struct Injector {
+    pub sent: Arc<Mutex<Vec<Sent>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Injector {
+    pub fn start(
+        ingest: SocketAddr,
+        token: Option<String>,
+        auth: &Auth,
+        devices: usize,
+        per_sec: f64,
+        connections: usize,
+    ) -> Injector {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mailboxes = auth.mailboxes(devices);
+        let auth = Arc::new(auth.clone());
+        let tasks = (0..connections.max(1))
+            .map(|_| {
+                let (sent, auth, token) = (sent.clone(), auth.clone(), token.clone());
+                let every = Duration::from_secs_f64(connections.max(1) as f64 / per_sec.max(0.001));
+                tokio::spawn(async move {
+                    let mut ticker = tokio::time::interval(every);
+                    let mut conn: Option<(TcpStream, Vec<u8>)> = None;
+                    loop {
+                        ticker.tick().await;
+                        let mailbox = rand::thread_rng().gen_range(0..mailboxes);
+                        let body = serde_json::json!({
+                            "mailbox": auth.mailbox(mailbox), "folders": ["5"], "kind": "added"
+                        })
+                        .to_string();
+                        let at_us = now_us();
+                        let accepted = post(&mut conn, ingest, token.as_deref(), &body).await;
+                        if let Ok(mut all) = sent.lock() {
+                            all.push(Sent {
+                                mailbox,
+                                at_us,
+                                accepted,
+                            });
+                        }
+                    }
+                })
+            })
+            .collect();
+        Injector { sent, tasks }
+    }
+
+    /// Stops sending and returns every change sent.
+    pub fn stop(self) -> Vec<Sent> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+async fn post(
+    conn: &mut Option<(TcpStream, Vec<u8>)>,
+    ingest: SocketAddr,
+    token: Option<&str>,
+    body: &str,
+) -> bool {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST /v1/changes HTTP/1.1\r\nHost: loadtest\r\nContent-Type: application/json\r\n{auth}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if conn.is_none() {
+        match TcpStream::connect(ingest).await {
+            Ok(stream) => *conn = Some((stream, Vec::new())),
+            Err(_) => return false,
+        }
+    }
+    let Some((stream, buf)) = conn.as_mut() else {
+        return false;
+    };
+    let answer = async {
+        stream.write_all(request.as_bytes()).await?;
+        read_response(stream, buf).await
+    }
+    .await;
+    match answer {
+        Ok(response) => response.status == 202,
+        Err(_) => {
+            *conn = None;
+            false
+        }
+    }
+}
+
+/// Each accepted change matched with the first wake of each of its mailbox's devices at or
+/// after it was sent.
+#[derive(Debug, Default)]
+pub struct Matched {
+    /// Microseconds from the ingest request to the device reading Status 2.
+    pub latencies_us: Vec<u64>,
+    /// (change sent at, device) pairs the device did not hear of within the window.
+    pub misses: Vec<(u64, usize)>,
+    pub refused: usize,
+}
+
+/// Matches after the run, so the order in which wakes and sends reached the coordinator does
+/// not matter. `devices_of` lists the devices that watch a mailbox.
+pub fn matched(
+    sent: &[Sent],
+    wakes: &[(usize, u64)],
+    devices_of: impl Fn(usize) -> Vec<usize>,
+    window_us: u64,
+) -> Matched {
+    let mut by_device: HashMap<usize, Vec<u64>> = HashMap::new();
+    for &(device, at) in wakes {
+        by_device.entry(device).or_default().push(at);
+    }
+    for times in by_device.values_mut() {
+        times.sort_unstable();
+    }
+    let mut out = Matched::default();
+    for change in sent {
+        if !change.accepted {
+            out.refused += 1;
+            continue;
+        }
+        for device in devices_of(change.mailbox) {
+            let heard = by_device.get(&device).and_then(|times| {
+                let i = times.partition_point(|&t| t < change.at_us);
+                times.get(i).copied()
+            });
+            match heard {
+                Some(at) if at - change.at_us <= window_us => {
+                    out.latencies_us.push(at - change.at_us)
+                }
+                _ => out.misses.push((change.at_us, device)),
+            }
+        }
+    }
+    out.latencies_us.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(mailbox: usize, at_us: u64) -> Sent {
+        Sent {
+            mailbox,
+            at_us,
+            accepted: true,
+        }
+    }
+
+    #[test]
+    fn a_change_is_heard_by_the_first_wake_after_it() {
+        let wakes = [(1, 90), (1, 150), (1, 400), (2, 1_000_000)];
+        let m = matched(
+            &[sent(1, 100), sent(1, 300), sent(2, 10)],
+            &wakes,
+            |m| vec![m],
+            1000,
+        );
+        assert_eq!(m.latencies_us, vec![50, 100]);
+        assert_eq!(m.misses, vec![(10, 2)], "heard, but after the window");
+    }
+
+    #[test]
+    fn a_shared_mailbox_wakes_each_device() {
+        let wakes = [(1, 110), (11, 130)];
+        let m = matched(
+            &[
+                sent(1, 100),
+                Sent {
+                    accepted: false,
+                    ..sent(1, 5)
+                },
+            ],
+            &wakes,
+            |m| vec![m, m + 10, m + 20],
+            1000,
+        );
+        assert_eq!(m.latencies_us, vec![10, 30]);
+        assert_eq!(m.misses, vec![(100, 21)]);
+        assert_eq!(m.refused, 1);
+    }
+}

@@ -1,0 +1,338 @@
+//! The system under load: a local cluster started as processes for the run, or the addresses
+//! of a running deployment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::plan::Auth;
+use crate::probe;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// Start this many frontends as local processes for the run (0: use --frontend).
+    #[arg(long, default_value_t = 0)]
+    pub local_frontends: usize,
+    /// Watchers started with a local cluster.
+    #[arg(long, default_value_t = 1)]
+    pub local_watchers: usize,
+    /// Where the ping-frontend and mailbox-watcher binaries are (default: beside loadtest).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Most parked Pings a local frontend accepts (a process may open 20,000 files here).
+    #[arg(long, default_value_t = 19_000)]
+    pub frontend_max_connections: usize,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/directpush"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The local cluster's DP_NAMESPACE.
+    #[arg(long, env = "DP_NAMESPACE", default_value = "loadtest")]
+    pub namespace: String,
+    /// A running deployment's device addresses (frontends or their load balancer).
+    #[arg(long, value_delimiter = ',')]
+    pub frontend: Vec<SocketAddr>,
+    /// A running deployment's frontend admin addresses, for the parked gauge.
+    #[arg(long, value_delimiter = ',')]
+    pub admin: Vec<SocketAddr>,
+    /// Process ids of running frontends on this machine, for their memory and CPU.
+    #[arg(long, value_delimiter = ',')]
+    pub frontend_pid: Vec<u32>,
+    /// A running deployment's ingest address (the watcher's LISTEN_ADDR).
+    #[arg(long)]
+    pub ingest: Option<SocketAddr>,
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// How devices authenticate: jwt (one mailbox per device, an HS256 token each) or basic
+    /// (lt-N@load.test accounts sharing one password hash, provisioned in DATABASE_URL).
+    #[arg(long, default_value = "jwt")]
+    pub auth: String,
+    /// The HS256 secret of a running deployment (a local cluster makes its own).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, default_value = "loadtest")]
+    pub jwt_issuer: String,
+    #[arg(long, default_value = "directpush")]
+    pub jwt_audience: String,
+    /// With basic auth: devices share this many mailboxes.
+    #[arg(long, default_value_t = 1_000)]
+    pub mailboxes: usize,
+    /// Speak TLS; a local cluster gets a fresh CA and certificate.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA that signed a running deployment's certificate (implies --tls).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// One service process, or one address of a running deployment.
+pub struct Node {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Kills the process at once, as a lost pod (SIGKILL: nothing is drained).
+    pub async fn kill(&mut self) -> Result<()> {
+        let child = self
+            .child
+            .as_mut()
+            .context("only a local node can be killed")?;
+        child.kill().await.context("killing")?;
+        self.pid = None;
+        Ok(())
+    }
+}
+
+pub struct Cluster {
+    pub frontends: Vec<Node>,
+    pub ingest: Option<SocketAddr>,
+    pub ingest_token: Option<String>,
+    pub auth: Auth,
+    pub tls_ca: Option<PathBuf>,
+    _watchers: Vec<Node>,
+    _ca: Option<dp_testkit::tls::TestCa>,
+}
+
+const PASSWORD: &str = "loadtest";
+
+impl Cluster {
+    pub async fn start(args: &ClusterArgs, out: &Path) -> Result<Cluster> {
+        if args.local_frontends == 0 {
+            return Self::external(args).await;
+        }
+        let bin = match &args.bin_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("the loadtest binary's directory")?
+                .to_owned(),
+        };
+        let logs = out.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let secret = format!("{:032x}", rand::random::<u128>());
+        let auth = auth(args, Some(secret.clone()))?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let ca = args.tls.then(|| {
+            let ca = dp_testkit::tls::TestCa::new();
+            ca.issue(1);
+            ca
+        });
+        let mut common = vec![
+            ("DATABASE_URL", args.database_url.clone()),
+            ("REDIS_URL", args.redis_url.clone()),
+            ("NATS_URL", args.nats_url.clone()),
+            ("DP_NAMESPACE", args.namespace.clone()),
+            ("LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "warn".into()),
+        ];
+        let frontend_bin = bin.join("ping-frontend");
+        let status = Command::new(&frontend_bin)
+            .arg("migrate")
+            .envs(common.iter().cloned())
+            .status()
+            .await
+            .with_context(|| format!("running {} migrate", frontend_bin.display()))?;
+        if !status.success() {
+            bail!("ping-frontend migrate failed ({status})");
+        }
+        if let Auth::Basic {
+            mailboxes,
+            password,
+        } = &auth
+        {
+            provision(&args.database_url, *mailboxes, password).await?;
+        }
+        let mut watchers = Vec::new();
+        for w in 0..args.local_watchers {
+            let mut env = common.clone();
+            env.push(("INGEST_TOKEN", token.clone()));
+            env.push(("COALESCE_MS", "1".into()));
+            watchers.push(spawn(
+                &bin.join("mailbox-watcher"),
+                &format!("lt-w-{w}"),
+                env,
+                &logs,
+            )?);
+        }
+        common.extend([
+            ("MIN_HEARTBEAT", "1".into()),
+            ("MAX_CONNECTIONS", args.frontend_max_connections.to_string()),
+            ("MAX_CONNECTIONS_PER_SOURCE", "0".into()),
+            ("PINGS_PER_DEVICE_PER_MINUTE", "0".into()),
+            ("DATABASE_POOL_SIZE", "2".into()),
+            ("DRAIN_DELAY_SECS", "0".into()),
+            ("DRAIN_SECS", "2".into()),
+        ]);
+        match &auth {
+            Auth::Jwt {
+                issuer, audience, ..
+            } => common.extend([
+                ("AUTH_MODE", "jwt".into()),
+                ("JWT_SECRET", secret),
+                ("JWT_ISSUER", issuer.clone()),
+                ("JWT_AUDIENCE", audience.clone()),
+            ]),
+            Auth::Basic { .. } => common.push(("AUTH_MODE", "local".into())),
+        }
+        if let Some(ca) = &ca {
+            common.push(("TLS_CERT", ca.cert_path().display().to_string()));
+            common.push(("TLS_KEY", ca.key_path().display().to_string()));
+        }
+        let mut frontends = Vec::new();
+        for f in 0..args.local_frontends {
+            frontends.push(spawn(
+                &frontend_bin,
+                &format!("lt-fe-{f}"),
+                common.clone(),
+                &logs,
+            )?);
+        }
+        for node in watchers.iter().chain(&frontends) {
+            wait_ready(node).await?;
+        }
+        Ok(Cluster {
+            ingest: watchers.first().map(|w| w.addr),
+            ingest_token: Some(token),
+            auth,
+            tls_ca: ca.as_ref().map(|ca| ca.ca_pem()),
+            frontends,
+            _watchers: watchers,
+            _ca: ca,
+        })
+    }
+
+    async fn external(args: &ClusterArgs) -> Result<Cluster> {
+        if args.frontend.is_empty() {
+            bail!("name running frontends with --frontend, or start local ones with --local-frontends");
+        }
+        let auth = auth(args, args.jwt_secret.clone())?;
+        if let Auth::Basic {
+            mailboxes,
+            password,
+        } = &auth
+        {
+            provision(&args.database_url, *mailboxes, password).await?;
+        }
+        let frontends = args
+            .frontend
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| Node {
+                name: format!("frontend-{i}"),
+                addr: *addr,
+                admin: args.admin.get(i).copied(),
+                pid: args.frontend_pid.get(i).copied(),
+                child: None,
+            })
+            .collect();
+        Ok(Cluster {
+            frontends,
+            ingest: args.ingest,
+            ingest_token: args.ingest_token.clone(),
+            auth,
+            tls_ca: args.tls_ca.clone(),
+            _watchers: Vec::new(),
+            _ca: None,
+        })
+    }
+
+    /// Parked Pings over all frontends that answer (a dead one holds none).
+    pub async fn parked(&self) -> f64 {
+        let admins: Vec<SocketAddr> = self.frontends.iter().filter_map(|n| n.admin).collect();
+        probe::parked(&admins).await
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.frontends.iter().filter_map(|n| n.pid).collect()
+    }
+}
+
+fn auth(args: &ClusterArgs, secret: Option<String>) -> Result<Auth> {
+    Ok(match args.auth.as_str() {
+        "jwt" => Auth::Jwt {
+            secret: secret.context("--auth jwt against a running deployment needs JWT_SECRET")?,
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+        },
+        "basic" => Auth::Basic {
+            mailboxes: args.mailboxes.max(1),
+            password: PASSWORD.into(),
+        },
+        other => bail!("--auth must be jwt or basic, not {other:?}"),
+    })
+}
+
+/// Creates the `lt-N@load.test` accounts in one statement with one shared argon2 hash: a
+/// million accounts cost one hash, not a million.
+async fn provision(url: &str, mailboxes: usize, password: &str) -> Result<()> {
+    let pool = dp_db::lazy_pool(url, 2)?;
+    let hash = dp_db::accounts::hash_password(password)?;
+    let names: Vec<String> = (0..mailboxes)
+        .map(|m| format!("lt-{m}@load.test"))
+        .collect();
+    sqlx::query(
+        "INSERT INTO accounts (name, password_hash)
+         SELECT n, $2 FROM UNNEST($1::text[]) AS n
+         ON CONFLICT (name) DO UPDATE SET password_hash = $2, disabled = false",
+    )
+    .bind(&names)
+    .bind(&hash)
+    .execute(&pool)
+    .await
+    .context("provisioning the load-test accounts")?;
+    Ok(())
+}
+
+fn free_port() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(bin: &Path, name: &str, mut env: Vec<(&str, String)>, logs: &Path) -> Result<Node> {
+    let (addr, admin) = (free_port()?, free_port()?);
+    env.push(("POD_NAME", name.into()));
+    env.push(("LISTEN_ADDR", addr.to_string()));
+    env.push(("ADMIN_ADDR", admin.to_string()));
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    let child = Command::new(bin)
+        .envs(env)
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Node {
+        name: name.into(),
+        addr,
+        admin: Some(admin),
+        pid: child.id(),
+        child: Some(child),
+    })
+}
+
+async fn wait_ready(node: &Node) -> Result<()> {
+    let Some(admin) = node.admin else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if probe::ready(admin).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} was not ready within 60 s; see its log", node.name)
+}

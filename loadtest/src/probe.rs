@@ -1,0 +1,90 @@
+//! Readings taken from the system under load: admin endpoints and /proc.
+
+use std::net::SocketAddr;
+
+use dp_testkit::client::http_get;
+
+/// One unlabelled sample from a Prometheus text page.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let page = http_get(admin, "/metrics").await.ok()?.text();
+    page.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Parked Pings summed over frontends' admin ports (one that does not answer holds none).
+pub async fn parked(admins: &[SocketAddr]) -> f64 {
+    let mut total = 0.0;
+    for admin in admins {
+        total += metric(*admin, "dp_frontend_parked_pings")
+            .await
+            .unwrap_or(0.0);
+    }
+    total
+}
+
+pub async fn ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/readyz")
+        .await
+        .is_ok_and(|r| r.status == 200)
+}
+
+/// A process's memory and CPU time, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub rss: u64,
+    /// Anonymous resident memory: the heap and stacks, without mapped files.
+    pub anon: u64,
+    pub cpu_secs: f64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            rss: self.rss + o.rss,
+            anon: self.anon + o.anon,
+            cpu_secs: self.cpu_secs + o.cpu_secs,
+        }
+    }
+}
+
+/// Usage of one process; `None` once it is gone.
+pub fn usage(pid: u32) -> Option<Usage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(key))?;
+        Some(line.split_whitespace().next()?.parse::<u64>().ok()? * 1024)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(Usage {
+        rss: kib("VmRSS:")?,
+        anon: kib("RssAnon:")?,
+        // USER_HZ is 100 on every Linux this runs on.
+        cpu_secs: ticks / 100.0,
+    })
+}
+
+/// Summed over processes (those gone count nothing).
+pub fn total(pids: &[u32]) -> Usage {
+    pids.iter()
+        .filter_map(|p| usage(*p))
+        .fold(Usage::default(), |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = usage(std::process::id()).expect("our own /proc entry");
+        assert!(me.rss > 0 && me.anon > 0 && me.anon <= me.rss);
+        assert!(usage(u32::MAX).is_none());
+    }
+}

@@ -1,0 +1,247 @@
+//! What every scenario shares: the cluster, the worker fleet, the events they report, a reading
+//! of the cluster every half second, and the park phase.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::charts::{self, Sample};
+use crate::cluster::{Cluster, ClusterArgs};
+use crate::fleet::Fleet;
+use crate::plan::{Event, Heartbeat, Plan};
+use crate::probe;
+use crate::report::Report;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// New devices per second, over all workers.
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
+    /// Most devices per worker process (each holds one socket per device).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_worker: usize,
+    /// Source addresses (127.1.x.y) devices connect from: each gives 28,232 ephemeral ports.
+    #[arg(long, default_value_t = 64)]
+    pub sources: usize,
+    /// Seconds each Ping parks for.
+    #[arg(long, default_value_t = 600)]
+    pub heartbeat: u32,
+    /// Most milliseconds a device waits before reconnecting after losing its connection.
+    #[arg(long, default_value_t = 3_000)]
+    pub jitter_ms: u64,
+    /// Give up waiting for devices to park once the count has not risen for this long.
+    #[arg(long, default_value_t = 30)]
+    pub stall_secs: u64,
+    /// Where report.json, the charts and the local cluster's logs go.
+    #[arg(long, default_value = "loadtest-out")]
+    pub out: PathBuf,
+}
+
+/// What the workers reported.
+#[derive(Default)]
+pub struct Collected {
+    pub wakes: Vec<(usize, u64)>,
+    pub errors: BTreeMap<String, u64>,
+    /// (device, seconds, at µs)
+    pub heartbeats: Vec<(usize, u32, u64)>,
+    pub launched: usize,
+}
+
+pub struct Run {
+    pub args: RunArgs,
+    pub cluster: Cluster,
+    pub fleet_size: usize,
+    pub collected: Arc<Mutex<Collected>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    fleet: Option<Fleet>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Run {
+    /// Starts the cluster (if local) and a reading of it every half second; devices come with
+    /// [`Run::launch`].
+    pub async fn start(args: &RunArgs) -> Result<Run> {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let cluster = Cluster::start(&args.cluster, &args.out).await?;
+        let started = Instant::now();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let admins: Vec<SocketAddr> = cluster.frontends.iter().filter_map(|n| n.admin).collect();
+        let pids = cluster.pids();
+        let sampler = {
+            let samples = samples.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    ticker.tick().await;
+                    let sample = Sample {
+                        secs: started.elapsed().as_secs_f64(),
+                        parked: probe::parked(&admins).await,
+                        rss_mb: probe::total(&pids).rss as f64 / 1e6,
+                    };
+                    if let Ok(mut all) = samples.lock() {
+                        all.push(sample);
+                    }
+                }
+            })
+        };
+        Ok(Run {
+            args: args.clone(),
+            cluster,
+            fleet_size: 0,
+            collected: Arc::default(),
+            samples,
+            fleet: None,
+            tasks: vec![sampler],
+        })
+    }
+
+    /// Starts the devices, connecting to `targets` (default: the frontends).
+    pub async fn launch(
+        &mut self,
+        heartbeat: Heartbeat,
+        targets: Option<Vec<SocketAddr>>,
+    ) -> Result<()> {
+        let args = &self.args;
+        let plan = Plan {
+            first: 0,
+            count: 0,
+            frontends: targets
+                .unwrap_or_else(|| self.cluster.frontends.iter().map(|n| n.addr).collect()),
+            sources: sources(args.sources),
+            rate: args.rate,
+            auth: self.cluster.auth.clone(),
+            tls_ca: self.cluster.tls_ca.clone(),
+            heartbeat,
+            jitter_ms: args.jitter_ms,
+        };
+        let mut fleet = Fleet::start(&plan, args.devices, args.per_worker, args.rate).await?;
+        self.fleet_size = fleet.workers;
+        let mut events =
+            std::mem::replace(&mut fleet.events, tokio::sync::mpsc::unbounded_channel().1);
+        let collected = self.collected.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Ok(mut c) = collected.lock() else { return };
+                match event {
+                    Event::Woke { device, at_us } => c.wakes.push((device, at_us)),
+                    Event::Error { kind, .. } => *c.errors.entry(kind).or_default() += 1,
+                    Event::Heartbeat {
+                        device,
+                        seconds,
+                        at_us,
+                    } => c.heartbeats.push((device, seconds, at_us)),
+                    Event::Launched { .. } => c.launched += 1,
+                }
+            }
+        }));
+        self.fleet = Some(fleet);
+        Ok(())
+    }
+
+    pub async fn parked(&self) -> f64 {
+        self.cluster.parked().await
+    }
+
+    /// Waits until `want` Pings are parked, or the count stalls; returns the count.
+    pub async fn wait_parked(&mut self, want: f64) -> Result<f64> {
+        let (mut best, mut since) = (0.0, Instant::now());
+        loop {
+            let now = self.parked().await;
+            if now >= want {
+                return Ok(now);
+            }
+            if now > best {
+                (best, since) = (now, Instant::now());
+            } else if since.elapsed() > Duration::from_secs(self.args.stall_secs) {
+                return Ok(now);
+            }
+            if let Some(fleet) = self.fleet.as_mut() {
+                if !fleet.alive() {
+                    bail!("a worker process exited; run `loadtest worker` by hand to see why");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Launches the devices and waits until they are all parked, reporting the connect rate,
+    /// the frontends' set-up cost in CPU and their memory per parked Ping.
+    pub async fn park(&mut self, heartbeat: Heartbeat, report: &mut Report) -> Result<f64> {
+        let n = self.args.devices as f64;
+        let pids = self.cluster.pids();
+        let before = probe::total(&pids);
+        let t0 = Instant::now();
+        self.launch(heartbeat, None).await?;
+        let half = self.wait_parked(n / 2.0).await?;
+        let at_half = probe::total(&pids);
+        let parked = self.wait_parked(n).await?;
+        let secs = t0.elapsed().as_secs_f64();
+        let end = probe::total(&pids);
+        report.set("devices", self.args.devices);
+        report.set("workers", self.fleet_size);
+        report.set("frontends", self.cluster.frontends.len());
+        report.set("parked", parked);
+        report.set("park_secs", round(secs));
+        report.set("connect_rate_per_s", round(parked / secs));
+        if parked < 1.0 {
+            bail!(
+                "nothing parked; are the frontends ready? (see {})",
+                self.args.out.join("logs").display()
+            );
+        }
+        if !pids.is_empty() {
+            let grown = (parked - half).max(1.0);
+            report.set("frontend_memory", json!({
+                "rss_mb": round(end.rss as f64 / 1e6),
+                "rss_bytes_per_parked_slope": (end.rss.saturating_sub(at_half.rss) as f64 / grown).round(),
+                "heap_bytes_per_parked_slope": (end.anon.saturating_sub(at_half.anon) as f64 / grown).round(),
+                "rss_bytes_per_parked_overall": (end.rss.saturating_sub(before.rss) as f64 / parked).round(),
+            }));
+            let cpu = end.cpu_secs - before.cpu_secs;
+            report.set("frontend_cpu_secs", round(cpu));
+            report.set(
+                "ping_setups_per_frontend_cpu_sec",
+                round(parked / cpu.max(0.01)),
+            );
+        }
+        Ok(parked)
+    }
+
+    /// Stops the devices, adds what they reported, draws the timeline charts.
+    pub fn finish(mut self, mut report: Report) -> Result<serde_json::Value> {
+        self.fleet = None;
+        for task in &self.tasks {
+            task.abort();
+        }
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(c) = self.collected.lock() {
+            report.set("errors_by_kind", json!(c.errors));
+        }
+        if let Err(e) = charts::timeline(&self.args.out, &samples) {
+            eprintln!("no timeline charts: {e:#}");
+        }
+        report.set("timeline", json!(samples));
+        report.finish(&self.args.out)
+    }
+}
+
+pub fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// 127.1.x.y: loopback addresses any process may bind without configuration.
+fn sources(count: usize) -> Vec<IpAddr> {
+    (0..count.max(1))
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8)))
+        .collect()
+}

@@ -1,0 +1,94 @@
+//! The scenarios, one file each: `park`, `wake`, `storm` and `carrier`.
+
+pub mod carrier;
+pub mod park;
+pub mod storm;
+pub mod wake;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::changes::{self, Injector, Sent};
+use crate::charts;
+use crate::plan::{Auth, Heartbeat};
+use crate::report::{percentiles_ms, Report};
+use crate::run::Run;
+
+/// A fixed heartbeat of `seconds`.
+pub fn fixed(seconds: u32) -> Heartbeat {
+    Heartbeat {
+        start: seconds,
+        step: 0,
+        max: seconds,
+        grace_secs: 30.0,
+    }
+}
+
+/// Changes at `per_sec` for random devices' mailboxes, through the cluster's ingest API.
+pub fn inject(run: &Run, per_sec: f64, connections: usize) -> Result<Injector> {
+    let ingest = run
+        .cluster
+        .ingest
+        .context("changes need the watcher's ingest address (--ingest, or a local cluster)")?;
+    Ok(Injector::start(
+        ingest,
+        run.cluster.ingest_token.clone(),
+        &run.cluster.auth,
+        run.args.devices,
+        per_sec,
+        connections,
+    ))
+}
+
+/// The devices that watch mailbox `m`.
+pub fn devices_of(auth: &Auth, devices: usize) -> impl Fn(usize) -> Vec<usize> {
+    let mailboxes = auth.mailboxes(devices);
+    move |m| (m..devices).step_by(mailboxes).collect()
+}
+
+/// Waits `window` for the last wakes, then matches them with `sent` and reports latency and
+/// misses (a change whose device did not hear of it within `window`).
+pub async fn settle(
+    run: &Run,
+    sent: &[Sent],
+    window: Duration,
+    report: &mut Report,
+    chart: &str,
+) -> Result<u64> {
+    tokio::time::sleep(window).await;
+    let wakes = run
+        .collected
+        .lock()
+        .map(|c| c.wakes.clone())
+        .unwrap_or_default();
+    let m = changes::matched(
+        sent,
+        &wakes,
+        devices_of(&run.cluster.auth, run.args.devices),
+        window.as_micros() as u64,
+    );
+    report.set("changes_sent", sent.len());
+    report.set("changes_refused", m.refused);
+    report.set("wake_latency", percentiles_ms(&m.latencies_us));
+    report.set("missed_wakes", m.misses.len());
+    if !m.misses.is_empty() {
+        let first: Vec<_> = m
+            .misses
+            .iter()
+            .take(10)
+            .map(|(at, d)| json!({"device": d, "sent_at_us": at}))
+            .collect();
+        report.set("first_misses", json!(first));
+    }
+    if let Err(e) = charts::latency(
+        &run.args.out,
+        chart,
+        "Wake latency (ingest request to Status 2 read)",
+        &m.latencies_us,
+    ) {
+        eprintln!("no latency chart: {e:#}");
+    }
+    Ok(m.misses.len() as u64)
+}

@@ -1,0 +1,84 @@
+//! `storm`: one of several frontends dies with its devices parked; they reconnect with jitter
+//! to the others. Time until all are parked again, with changes throughout and zero misses.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::report::Report;
+use crate::run::{round, Run, RunArgs};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Which local frontend dies (SIGKILL).
+    #[arg(long, default_value_t = 0)]
+    pub kill: usize,
+    #[arg(long, default_value_t = 200.0)]
+    pub changes_per_sec: f64,
+    /// Seconds of changes before the kill, and after everyone is back.
+    #[arg(long, default_value_t = 3)]
+    pub calm_secs: u64,
+    /// Most seconds to wait for everyone to park again.
+    #[arg(long, default_value_t = 120)]
+    pub settle_secs: u64,
+    #[arg(long, default_value_t = 5)]
+    pub window_secs: u64,
+    #[arg(long, default_value_t = 8)]
+    pub ingest_connections: usize,
+}
+
+pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
+    let mut run = Run::start(&args.run).await?;
+    if run.cluster.frontends.len() < 2 || args.kill >= run.cluster.frontends.len() {
+        bail!("a storm needs two or more local frontends and --kill naming one of them");
+    }
+    let mut report = Report::new("storm");
+    let parked = run
+        .park(super::fixed(args.run.heartbeat), &mut report)
+        .await?;
+    let injector = super::inject(&run, args.changes_per_sec, args.ingest_connections)?;
+    tokio::time::sleep(Duration::from_secs(args.calm_secs)).await;
+    let victim = &run.cluster.frontends[args.kill];
+    let displaced = match victim.admin {
+        Some(admin) => crate::probe::metric(admin, "dp_frontend_parked_pings")
+            .await
+            .unwrap_or(0.0),
+        None => 0.0,
+    };
+    let killed = Instant::now();
+    run.cluster.frontends[args.kill].kill().await?;
+    let deadline = killed + Duration::from_secs(args.settle_secs);
+    let mut back = run.parked().await;
+    while back < parked && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        back = run.parked().await;
+    }
+    let reparked_secs = killed.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(args.calm_secs)).await;
+    let sent = injector.stop();
+    report.set("displaced_devices", displaced);
+    report.set("parked_again", back);
+    report.set(
+        "all_parked_again_secs",
+        if back >= parked {
+            round(reparked_secs)
+        } else {
+            f64::NAN
+        },
+    );
+    report.set(
+        "storm_reconnects_per_s",
+        round(displaced / reparked_secs.max(0.001)),
+    );
+    super::settle(
+        &run,
+        &sent,
+        Duration::from_secs(args.window_secs),
+        &mut report,
+        "latency.png",
+    )
+    .await?;
+    run.finish(report)
+}

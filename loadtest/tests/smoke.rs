@@ -1,0 +1,180 @@
+//! Small runs of every scenario against a local cluster of the real binaries (a few thousand
+//! devices, well under a minute each), so the tool never rots. The figures are not judged
+//! here (BENCHMARKS.md holds the measured ones); correctness is: everyone parks, no change
+//! is missed, a storm ends with everyone back, a carrier's devices settle below its timeout.
+
+use std::path::{Path, PathBuf};
+
+use dp_testkit::Env;
+use serde_json::Value;
+
+/// Runs `loadtest <args>` against a fresh namespace and database; returns its report.
+async fn loadtest(env: &Env, args: &[&str]) -> Value {
+    let bin = Path::new(env!("CARGO_BIN_EXE_loadtest"));
+    let dir = bin.parent().expect("target directory");
+    for service in ["ping-frontend", "mailbox-watcher"] {
+        assert!(
+            dir.join(service).exists(),
+            "{service} is not built beside loadtest: run the workspace's tests (scripts/test.sh), \
+             or cargo build --workspace first"
+        );
+    }
+    let out = std::env::temp_dir().join(format!("lt-smoke-{}", env.namespace));
+    let output = tokio::process::Command::new(bin)
+        .args(args)
+        .args([
+            "--database-url",
+            &env.database_url,
+            "--namespace",
+            &env.namespace,
+        ])
+        .args(["--redis-url", &env.redis_url, "--nats-url", &env.nats_url])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .await
+        .expect("loadtest runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "loadtest {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json"))
+            .expect("report.json is JSON");
+    for chart in ["parked.png", "memory.png"] {
+        let png = std::fs::read(out.join(chart)).unwrap_or_else(|_| panic!("{chart} is drawn"));
+        assert_eq!(&png[1..4], b"PNG");
+    }
+    let _ = std::fs::remove_dir_all::<PathBuf>(out);
+    report
+}
+
+fn number(report: &Value, key: &str) -> f64 {
+    report[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn park_and_wake() {
+    let env = Env::new().await;
+    let report = loadtest(
+        &env,
+        &[
+            "wake",
+            "--local-frontends",
+            "2",
+            "--devices",
+            "2000",
+            "--rate",
+            "2000",
+            "--per-worker",
+            "1000",
+        ]
+        .into_iter()
+        .chain([
+            "--changes-per-sec",
+            "200",
+            "--duration-secs",
+            "4",
+            "--sources",
+            "4",
+        ])
+        .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(number(&report, "parked"), 2000.0);
+    assert_eq!(number(&report, "workers"), 2.0);
+    let sent = number(&report, "changes_sent");
+    assert!(sent > 100.0, "changes were sent: {report:#}");
+    assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    assert_eq!(
+        report["wake_latency"]["count"].as_f64(),
+        Some(sent),
+        "every change heard"
+    );
+    assert!(report["frontend_memory"]["rss_bytes_per_parked_slope"]
+        .as_f64()
+        .is_some());
+    assert!(number(&report, "ping_setups_per_frontend_cpu_sec") > 0.0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storm() {
+    let env = Env::new().await;
+    let report = loadtest(
+        &env,
+        &[
+            "storm",
+            "--local-frontends",
+            "3",
+            "--devices",
+            "1500",
+            "--rate",
+            "3000",
+        ]
+        .into_iter()
+        .chain([
+            "--changes-per-sec",
+            "100",
+            "--calm-secs",
+            "1",
+            "--jitter-ms",
+            "1000",
+        ])
+        .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(number(&report, "displaced_devices") > 0.0, "{report:#}");
+    assert_eq!(number(&report, "parked_again"), 1500.0, "{report:#}");
+    assert!(number(&report, "all_parked_again_secs") > 0.0);
+    assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn carrier() {
+    let env = Env::new().await;
+    // A minute is a quarter second: heartbeats 4, 8, 12 and 16 minutes against a 13-minute
+    // carrier timeout; devices must settle on 12.
+    let report = loadtest(
+        &env,
+        &[
+            "carrier",
+            "--local-frontends",
+            "1",
+            "--devices",
+            "300",
+            "--rate",
+            "1000",
+        ]
+        .into_iter()
+        .chain([
+            "--minute-secs",
+            "0.25",
+            "--duration-min",
+            "56",
+            "--changes-per-sec",
+            "60",
+        ])
+        .collect::<Vec<_>>(),
+    )
+    .await;
+    let convergence = &report["convergence"];
+    assert_eq!(
+        convergence["final_below_carrier_timeout"].as_f64(),
+        Some(300.0),
+        "{report:#}"
+    );
+    assert_eq!(
+        convergence["final_heartbeat_min_counts"]["12"].as_f64(),
+        Some(300.0)
+    );
+    assert!(number(&report, "silently_dropped_connections") >= 300.0);
+    assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    env.cleanup().await;
+}
