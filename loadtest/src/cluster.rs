@@ -23,6 +23,13 @@ pub struct ClusterArgs {
     /// Where the ping-frontend and mailbox-watcher binaries are (default: beside loadtest).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// The local watchers' COALESCE_MS (the service's default is 2; 0 batches only what is
+    /// already there, which trades a wake per burst for about a millisecond).
+    #[arg(long, default_value_t = 2)]
+    pub coalesce_ms: u64,
+    /// The local services' WORKER_THREADS (0: one per core, the services' default).
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
     /// Most parked Pings a local frontend accepts (a process may open 20,000 files here).
     #[arg(long, default_value_t = 19_000)]
     pub frontend_max_connections: usize,
@@ -103,7 +110,7 @@ pub struct Cluster {
     pub ingest_token: Option<String>,
     pub auth: Auth,
     pub tls_ca: Option<PathBuf>,
-    _watchers: Vec<Node>,
+    pub watchers: Vec<Node>,
     _ca: Option<dp_testkit::tls::TestCa>,
 }
 
@@ -138,6 +145,7 @@ impl Cluster {
             ("DP_NAMESPACE", args.namespace.clone()),
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "warn".into()),
+            ("WORKER_THREADS", args.worker_threads.to_string()),
         ];
         let frontend_bin = bin.join("ping-frontend");
         let status = Command::new(&frontend_bin)
@@ -160,7 +168,7 @@ impl Cluster {
         for w in 0..args.local_watchers {
             let mut env = common.clone();
             env.push(("INGEST_TOKEN", token.clone()));
-            env.push(("COALESCE_MS", "1".into()));
+            env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
             watchers.push(spawn(
                 &bin.join("mailbox-watcher"),
                 &format!("lt-w-{w}"),
@@ -210,7 +218,7 @@ impl Cluster {
             auth,
             tls_ca: ca.as_ref().map(|ca| ca.ca_pem()),
             frontends,
-            _watchers: watchers,
+            watchers,
             _ca: ca,
         })
     }
@@ -245,7 +253,7 @@ impl Cluster {
             ingest_token: args.ingest_token.clone(),
             auth,
             tls_ca: args.tls_ca.clone(),
-            _watchers: Vec::new(),
+            watchers: Vec::new(),
             _ca: None,
         })
     }

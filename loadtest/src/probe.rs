@@ -24,6 +24,49 @@ pub async fn parked(admins: &[SocketAddr]) -> f64 {
     total
 }
 
+/// A histogram's cumulative buckets (upper bound, count), summed over `admins`.
+pub async fn histogram(admins: &[SocketAddr], name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for admin in admins {
+        let Ok(page) = http_get(*admin, "/metrics").await.map(|r| r.text()) else {
+            continue;
+        };
+        for line in page.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            let count: f64 = count.trim().parse().unwrap_or(0.0);
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some(bucket) => bucket.1 += count,
+                None => buckets.push((le, count)),
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The upper bound of the bucket holding quantile `q` (Prometheus-style, without interpolation).
+pub fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
 pub async fn ready(admin: SocketAddr) -> bool {
     http_get(admin, "/readyz")
         .await
@@ -80,6 +123,21 @@ pub fn total(pids: &[u32]) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_come_from_cumulative_buckets() {
+        let buckets = [
+            (0.001, 50.0),
+            (0.002, 90.0),
+            (0.004, 99.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert_eq!(bucket_quantile(&buckets, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&buckets, 0.9), Some(0.002));
+        assert_eq!(bucket_quantile(&buckets, 0.99), Some(0.004));
+        assert_eq!(bucket_quantile(&buckets, 1.0), Some(f64::INFINITY));
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+    }
 
     #[test]
     fn reads_this_process() {

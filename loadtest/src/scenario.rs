@@ -82,6 +82,7 @@ pub async fn settle(
             .collect();
         report.set("first_misses", json!(first));
     }
+    server_side(run, report).await;
     if let Err(e) = charts::latency(
         &run.args.out,
         chart,
@@ -91,4 +92,33 @@ pub async fn settle(
         eprintln!("no latency chart: {e:#}");
     }
     Ok(m.misses.len() as u64)
+}
+
+/// The services' own view of the same wakes, from their histograms (bucket upper bounds):
+/// acceptance to wake sent (watcher) and acceptance to Status 2 written (frontends).
+async fn server_side(run: &Run, report: &mut Report) {
+    let admins =
+        |nodes: &[crate::cluster::Node]| nodes.iter().filter_map(|n| n.admin).collect::<Vec<_>>();
+    for (key, nodes, name) in [
+        (
+            "server_dispatch_lag_ms",
+            admins(&run.cluster.watchers),
+            "dp_watcher_dispatch_lag_seconds",
+        ),
+        (
+            "server_wake_latency_ms",
+            admins(&run.cluster.frontends),
+            "dp_frontend_wake_latency_seconds",
+        ),
+    ] {
+        let buckets = crate::probe::histogram(&nodes, name).await;
+        let at = |q| crate::probe::bucket_quantile(&buckets, q).map(|s| s * 1000.0);
+        if buckets.is_empty() {
+            continue;
+        }
+        report.set(
+            key,
+            json!({"p50_le": at(0.5), "p99_le": at(0.99), "p999_le": at(0.999)}),
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The messages the cluster passes over NATS, and the subjects they travel on
 //! (ARCHITECTURE.md section 4). JSON on the wire; the schemas in `proto/schema/` are generated
-//! from these types and checked by `tests/schemas.rs`.
+//! from these types and checked by `tests/schemas.rs`. Trace context travels beside them, in a
+//! W3C `traceparent` message header.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -40,9 +41,6 @@ pub struct ChangeEvent {
     /// stream's own timestamp is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_at_us: Option<u64>,
-    /// W3C trace context of the request that made the change, when tracing is on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
 }
 
 /// Why a change was refused.
@@ -113,8 +111,6 @@ pub struct WakeEvent {
     pub targets: Vec<WakeTarget>,
     /// The earliest acceptance time among the changes this wake carries (microseconds).
     pub accepted_at_us: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
 }
 
 /// Sent by a pod on `<ns>.pod.<pod>.evict` when a newer Ping of the device superseded the one
@@ -200,7 +196,6 @@ mod tests {
             folders: folders.iter().map(|f| f.to_string()).collect(),
             kind: ChangeKind::Added,
             accepted_at_us: None,
-            traceparent: None,
         };
         assert_eq!(
             change(" ", &["1"]).validate(),

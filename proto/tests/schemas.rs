@@ -57,7 +57,6 @@ fn change_event() {
         folders: vec!["5".into(), "Inbox/Sub".into()],
         kind,
         accepted_at_us,
-        traceparent: None,
     };
     check(
         "change",
@@ -89,7 +88,6 @@ fn wake_event() {
             request: 42,
         }],
         accepted_at_us: 1_700_000_000_000_000,
-        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
     check(
         "wake",

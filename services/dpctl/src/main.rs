@@ -9,6 +9,7 @@ mod accounts;
 mod change;
 mod device;
 mod eas_query;
+mod http;
 mod wbxml;
 
 #[derive(Parser)]
@@ -60,6 +61,11 @@ enum Command {
         ingest_url: String,
         #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// Succeed when a service's admin URL answers 200 (for container health checks).
+    Health {
+        #[arg(env = "HEALTH_URL", default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
     },
 }
 
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
             ingest_url,
             token,
         } => block_on(change::send(&ingest_url, &token, &mailbox, &folders, &kind)),
+        Command::Health { url } => block_on(change::health(&url)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

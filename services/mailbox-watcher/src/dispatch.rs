@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use async_nats::jetstream::consumer::pull::Stream as Messages;
 use async_nats::jetstream::{AckKind, Message};
@@ -23,6 +24,8 @@ struct Group {
     folders: BTreeSet<String>,
     wake: bool,
     accepted_at_us: u64,
+    /// The trace of the group's first change (its ingest request), continued by the dispatch.
+    traceparent: Option<String>,
     messages: Vec<Message>,
 }
 
@@ -88,11 +91,30 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
         } else {
             group.accepted_at_us.min(accepted)
         };
+        if group.traceparent.is_none() {
+            group.traceparent = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(dp_runtime::telemetry::TRACEPARENT))
+                .map(|v| v.as_str().to_owned());
+        }
         group.messages.push(message);
     }
+    // Mailboxes are independent (a bump only increments): all of the batch's bumps go out at
+    // once and share the multiplexed Redis connection, instead of one round trip after another.
+    let outcomes =
+        futures::future::join_all(groups.into_iter().map(|(mailbox, group)| async move {
+            let span = tracing::info_span!("dispatch change", mailbox = %mailbox);
+            dp_runtime::telemetry::set_parent(&span, group.traceparent.as_deref());
+            let outcome = bump_and_wake(shared, redis, &mailbox, &group)
+                .instrument(span)
+                .await;
+            (mailbox, group, outcome)
+        }))
+        .await;
     let mut done = Vec::new();
-    for (mailbox, group) in groups {
-        match bump_and_wake(shared, redis, &mailbox, &group).await {
+    for (mailbox, group, outcome) in outcomes {
+        match outcome {
             Ok(()) => done.push(group),
             Err(err) => {
                 shared.metrics.dispatch_errors.inc();
@@ -161,13 +183,20 @@ async fn bump_and_wake(
             folders: bump.versions.clone(),
             targets,
             accepted_at_us: group.accepted_at_us,
-            traceparent: None,
         };
         let payload = serde_json::to_vec(&wake)?;
-        shared
-            .nats
-            .publish(shared.subjects.wake(&pod), payload.into())
-            .await?;
+        let subject = shared.subjects.wake(&pod);
+        match dp_runtime::telemetry::traceparent(&tracing::Span::current()) {
+            Some(value) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(dp_runtime::telemetry::TRACEPARENT, value.as_str());
+                shared
+                    .nats
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await?
+            }
+            None => shared.nats.publish(subject, payload.into()).await?,
+        }
         shared.metrics.wakes_sent.inc();
     }
     Ok(())

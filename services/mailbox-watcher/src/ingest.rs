@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use std::future::IntoFuture;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use dp_proto::events::ChangeEvent;
@@ -48,7 +49,17 @@ fn token_matches(expected: &str, given: &str) -> bool {
     Sha256::digest(expected.as_bytes()) == Sha256::digest(given.as_bytes())
 }
 
+/// One ingest request, traced as a child of the caller's `traceparent` when it sends one.
 async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let span = tracing::info_span!("ingest changes", otel.kind = "server");
+    let caller = headers
+        .get(dp_runtime::telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    dp_runtime::telemetry::set_parent(&span, caller);
+    accept(shared, headers, body).instrument(span).await
+}
+
+async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -132,16 +143,25 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
 
 async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
     let accepted_at = dp_runtime::now_us();
+    // The dispatcher continues this request's trace from the message header.
+    let traceparent = dp_runtime::telemetry::traceparent(&tracing::Span::current());
     let mut pending = Vec::with_capacity(changes.len());
     for mut change in changes {
         change.accepted_at_us = Some(accepted_at);
         let payload = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
         let subject = shared.subjects.change(&change.mailbox);
-        let ack = shared
-            .jetstream
-            .publish(subject, payload.into())
-            .await
-            .map_err(|e| e.to_string())?;
+        let published = match &traceparent {
+            Some(value) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(dp_runtime::telemetry::TRACEPARENT, value.as_str());
+                shared
+                    .jetstream
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+            }
+            None => shared.jetstream.publish(subject, payload.into()).await,
+        };
+        let ack = published.map_err(|e| e.to_string())?;
         pending.push(ack);
     }
     let count = pending.len();

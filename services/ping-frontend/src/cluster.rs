@@ -57,7 +57,12 @@ pub async fn subscribe(
     let s = shared.clone();
     tokio::spawn(async move {
         while let Some(message) = wakes.next().await {
-            on_wake(&s, &message.payload);
+            let traceparent = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(dp_runtime::telemetry::TRACEPARENT))
+                .map(|v| v.as_str());
+            on_wake(&s, &message.payload, traceparent);
         }
     });
     let s = shared.clone();
@@ -81,7 +86,7 @@ pub async fn subscribe(
     Ok(())
 }
 
-fn on_wake(shared: &Shared, payload: &[u8]) {
+fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
     let wake: WakeEvent = match serde_json::from_slice(payload) {
         Ok(wake) => wake,
         Err(err) => {
@@ -96,6 +101,9 @@ fn on_wake(shared: &Shared, payload: &[u8]) {
                 s.accepted_at_us
                     .map_or(wake.accepted_at_us, |t| t.min(wake.accepted_at_us)),
             );
+            if s.traceparent.is_none() {
+                s.traceparent = traceparent.map(str::to_owned);
+            }
         });
     }
 }

@@ -147,6 +147,7 @@ pub struct Config {
     pub namespace: String,
     pub pod: String,
     pub log_format: LogFormat,
+    pub worker_threads: usize,
     pub limits: PingLimits,
     pub max_connections: usize,
     pub tls: Option<crate::tls::TlsFiles>,
@@ -247,6 +248,7 @@ impl FrontendArgs {
             namespace: common.namespace,
             pod: common.pod,
             log_format: common.log_format,
+            worker_threads: common.worker_threads,
             limits: PingLimits {
                 min_heartbeat: self.min_heartbeat,
                 max_heartbeat: self.max_heartbeat,

@@ -20,6 +20,7 @@ pub async fn serve<S: Transport>(
     mut drain: Drain,
 ) {
     shared.metrics.connections.inc();
+    shared.metrics.connections_opened.inc();
     let mut buf = Vec::new();
     loop {
         let read = tokio::select! {

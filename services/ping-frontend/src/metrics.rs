@@ -35,6 +35,7 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub parked: Gauge,
     pub connections: Gauge,
+    pub connections_opened: Counter,
     pub pings: Family<OutcomeLabels, Counter>,
     pub wake_latency: Histogram,
     pub http_responses: Family<CodeLabels, Counter>,
@@ -53,6 +54,7 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             parked: Gauge::default(),
             connections: Gauge::default(),
+            connections_opened: Counter::default(),
             pings: Family::default(),
             // 0.5 ms to about 16 s.
             wake_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -88,6 +90,11 @@ impl Metrics {
             "connections",
             "Open device connections",
             metrics.connections.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Device connections accepted (its rate is the connect rate, and the storm rate after a pod is lost)",
+            metrics.connections_opened.clone(),
         );
         r.register(
             "pings",

@@ -24,6 +24,8 @@ pub enum End {
 pub struct Signals {
     pub changes: Vec<FolderVersion>,
     pub accepted_at_us: Option<u64>,
+    /// The trace of the first wake, continued by the answer.
+    pub traceparent: Option<String>,
     pub recheck: bool,
     pub end: Option<End>,
 }

@@ -14,6 +14,7 @@ use dp_proto::ping::{PingFolder, PingRequest, PingResponse};
 use dp_proto::query::EasRequest;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::http::request::Request;
 use crate::http::response;
@@ -59,6 +60,8 @@ pub struct Finished {
     reported: Vec<FolderVersion>,
     accepted_at_us: Option<u64>,
     heartbeat: Option<u32>,
+    /// The wake's trace, when the answer is a wake-up.
+    traceparent: Option<String>,
 }
 
 impl Finished {
@@ -69,6 +72,7 @@ impl Finished {
             reported: Vec::new(),
             accepted_at_us: None,
             heartbeat: None,
+            traceparent: None,
         }
     }
 
@@ -310,6 +314,7 @@ pub async fn wait<S: Transport>(
                 if !news.is_empty() {
                     let mut finished = Finished::changes(dedupe(news), signals.accepted_at_us);
                     finished.heartbeat = Some(waiting.heartbeat);
+                    finished.traceparent = signals.traceparent;
                     return Ok(finished);
                 }
             }
@@ -392,7 +397,21 @@ pub async fn finish<S: Transport>(
             Ok(false)
         }
         Ok(finished) => {
-            let written = answer(shared, stream, context, &finished).await;
+            let written = match &finished.traceparent {
+                // A wake-up's answer ends the trace its change started at the ingest API.
+                Some(traceparent) => {
+                    let span = tracing::info_span!(
+                        "answer wake",
+                        mailbox = %context.mailbox,
+                        device = %context.device_id
+                    );
+                    dp_runtime::telemetry::set_parent(&span, Some(traceparent));
+                    answer(shared, stream, context, &finished)
+                        .instrument(span)
+                        .await
+                }
+                None => answer(shared, stream, context, &finished).await,
+            };
             row.outcome = finished.outcome;
             row.status = Some(finished.response.status.code());
             row.effective_heartbeat = finished.heartbeat;

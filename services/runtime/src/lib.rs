@@ -7,6 +7,7 @@ pub mod admin;
 pub mod listener;
 pub mod logging;
 pub mod shutdown;
+pub mod telemetry;
 
 /// Exit code for bad configuration (EX_USAGE), before any port is bound.
 pub const EXIT_CONFIG: i32 = 64;
@@ -44,6 +45,10 @@ pub struct CommonArgs {
     /// `json` (for containers) or `text`.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// Runtime worker threads (0: one per core). Many pods sharing few cores (a load test on
+    /// one machine) spend less on context switches with 1.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 /// [`CommonArgs`], checked.
@@ -54,6 +59,7 @@ pub struct Common {
     pub namespace: String,
     pub pod: String,
     pub log_format: logging::LogFormat,
+    pub worker_threads: usize,
 }
 
 impl CommonArgs {
@@ -68,6 +74,7 @@ impl CommonArgs {
             nats_url: self.nats_url,
             redis_url: self.redis_url,
             namespace: self.namespace,
+            worker_threads: self.worker_threads,
         })
     }
 }
@@ -118,7 +125,7 @@ pub fn ready_unless(problems: Vec<&str>) -> Result<(), String> {
 pub fn main<C, F, Fut>(
     program: &str,
     config: Result<C, ConfigError>,
-    log_format: impl Fn(&C) -> logging::LogFormat,
+    runtime_of: impl Fn(&C) -> (logging::LogFormat, usize),
     work: F,
 ) -> std::process::ExitCode
 where
@@ -133,8 +140,14 @@ where
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    logging::init(log_format(&config));
-    let runtime = match tokio::runtime::Runtime::new() {
+    let (log_format, worker_threads) = runtime_of(&config);
+    // Dropped last: flushes the spans still queued.
+    let _telemetry = telemetry::init(program, log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("{program}: cannot start the runtime: {err}");

@@ -169,7 +169,10 @@ impl Service {
         let (listener, addr) = local_listener();
         let (admin_listener, admin) = local_listener();
         let argv = argv(addr, admin);
-        dp_runtime::logging::init(dp_runtime::logging::LogFormat::Text);
+        drop(dp_runtime::telemetry::init(
+            "test",
+            dp_runtime::logging::LogFormat::Text,
+        ));
         let running = Running::spawn(format!("{kind}-{pod}"), move |drain| async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let admin = tokio::net::TcpListener::from_std(admin_listener)?;

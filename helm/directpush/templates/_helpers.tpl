@@ -1,0 +1,84 @@
+{{- define "directpush.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "directpush.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "directpush.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: {{ include "directpush.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "frontend") */}}
+{{- define "directpush.selector" -}}
+app.kubernetes.io/name: {{ include "directpush.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "directpush.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "directpush.secretName" -}}
+{{ include "directpush.fullname" . }}
+{{- end -}}
+
+{{- define "directpush.databaseSecret" -}}
+{{ .Values.database.existingSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
+{{- define "directpush.ingestSecret" -}}
+{{ .Values.watcher.existingIngestSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
+{{- define "directpush.jwtSecret" -}}
+{{ .Values.frontend.auth.existingJwtSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
+{{/* Settings every service takes: stores, namespace, pod name, traces. */}}
+{{- define "directpush.commonEnv" -}}
+- name: NATS_URL
+  value: {{ .Values.nats.url | quote }}
+- name: REDIS_URL
+  value: {{ .Values.redis.url | quote }}
+- name: DP_NAMESPACE
+  value: {{ .Values.namespace | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if .Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .Values.otel.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.otel.samplerArg | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "directpush.databaseEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "directpush.databaseSecret" . }}
+      key: DATABASE_URL
+{{- end -}}
+
+{{/* A settings map as env entries, in name order. */}}
+{{- define "directpush.configEnv" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
