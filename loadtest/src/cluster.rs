@@ -100,6 +100,7 @@ impl Node {
             .context("only a local node can be killed")?;
         child.kill().await.context("killing")?;
         self.pid = None;
+        self.admin = None;
         Ok(())
     }
 }
@@ -258,8 +259,8 @@ impl Cluster {
         })
     }
 
-    /// Parked Pings over all frontends that answer (a dead one holds none).
-    pub async fn parked(&self) -> f64 {
+    /// Parked Pings over the frontends (a killed one holds none), and how many did not answer.
+    pub async fn parked(&self) -> (f64, usize) {
         let admins: Vec<SocketAddr> = self.frontends.iter().filter_map(|n| n.admin).collect();
         probe::parked(&admins).await
     }

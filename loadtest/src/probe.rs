@@ -13,15 +13,29 @@ pub async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
     })
 }
 
-/// Parked Pings summed over frontends' admin ports (one that does not answer holds none).
-pub async fn parked(admins: &[SocketAddr]) -> f64 {
-    let mut total = 0.0;
+/// Parked Pings summed over frontends' admin ports.
+/// Returns the sum and how many frontends did not answer (three tries each): under heavy load
+/// an admin port can be slow to accept, and counting it as zero would end a wait too soon.
+pub async fn parked(admins: &[SocketAddr]) -> (f64, usize) {
+    let (mut total, mut silent) = (0.0, 0);
     for admin in admins {
-        total += metric(*admin, "dp_frontend_parked_pings")
-            .await
-            .unwrap_or(0.0);
+        let mut reading = None;
+        for _ in 0..3 {
+            let scrape = metric(*admin, "dp_frontend_parked_pings");
+            reading = tokio::time::timeout(std::time::Duration::from_secs(5), scrape)
+                .await
+                .ok()
+                .flatten();
+            if reading.is_some() {
+                break;
+            }
+        }
+        match reading {
+            Some(value) => total += value,
+            None => silent += 1,
+        }
     }
-    total
+    (total, silent)
 }
 
 /// A histogram's cumulative buckets (upper bound, count), summed over `admins`.

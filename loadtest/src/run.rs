@@ -85,7 +85,8 @@ impl Run {
                     ticker.tick().await;
                     let sample = Sample {
                         secs: started.elapsed().as_secs_f64(),
-                        parked: probe::parked(&admins).await,
+                        // A frontend that does not answer (or was killed) counts none here.
+                        parked: probe::parked(&admins).await.0,
                         rss_mb: probe::total(&pids).rss as f64 / 1e6,
                     };
                     if let Ok(mut all) = samples.lock() {
@@ -148,22 +149,27 @@ impl Run {
         Ok(())
     }
 
-    pub async fn parked(&self) -> f64 {
-        self.cluster.parked().await
+    /// Parked Pings now; `None` when a frontend did not answer, so the count is unknown.
+    pub async fn parked(&self) -> Option<f64> {
+        match self.cluster.parked().await {
+            (total, 0) => Some(total),
+            _ => None,
+        }
     }
 
-    /// Waits until `want` Pings are parked, or the count stalls; returns the count.
+    /// Waits until `want` Pings are parked, or the count stalls; returns the highest count read
+    /// (readings with a silent frontend are skipped).
     pub async fn wait_parked(&mut self, want: f64) -> Result<f64> {
         let (mut best, mut since) = (0.0, Instant::now());
         loop {
             let now = self.parked().await;
-            if now >= want {
-                return Ok(now);
+            if now.is_some_and(|n| n >= want) {
+                return Ok(now.unwrap_or(want));
             }
-            if now > best {
-                (best, since) = (now, Instant::now());
+            if let Some(n) = now.filter(|n| *n > best) {
+                (best, since) = (n, Instant::now());
             } else if since.elapsed() > Duration::from_secs(self.args.stall_secs) {
-                return Ok(now);
+                return Ok(best);
             }
             if let Some(fleet) = self.fleet.as_mut() {
                 if !fleet.alive() {

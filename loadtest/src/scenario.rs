@@ -55,8 +55,7 @@ pub async fn settle(
     sent: &[Sent],
     window: Duration,
     report: &mut Report,
-    chart: &str,
-) -> Result<u64> {
+) -> Result<changes::Matched> {
     tokio::time::sleep(window).await;
     let wakes = run
         .collected
@@ -85,13 +84,13 @@ pub async fn settle(
     server_side(run, report).await;
     if let Err(e) = charts::latency(
         &run.args.out,
-        chart,
+        "latency.png",
         "Wake latency (ingest request to Status 2 read)",
         &m.latencies_us,
     ) {
         eprintln!("no latency chart: {e:#}");
     }
-    Ok(m.misses.len() as u64)
+    Ok(m)
 }
 
 /// The services' own view of the same wakes, from their histograms (bucket upper bounds):

@@ -79,13 +79,14 @@ pub async fn run(args: CarrierArgs) -> Result<serde_json::Value> {
     // A change sent while a connection is dead is heard when the device gives up on it:
     // allow the longest heartbeat and its grace, then the usual 5 s.
     let window = Duration::from_secs_f64(f64::from(heartbeat.max) + heartbeat.grace_secs + 5.0);
-    let misses = super::settle(&run, &sent, window, &mut report, "latency.png").await?;
-    report.set("missed_wakes", misses);
-    let late = run
-        .collected
-        .lock()
-        .map(|c| late_changes(&sent, &c.wakes, &run, window, args.late_ms * 1000))
-        .unwrap_or_default();
+    let matched = super::settle(&run, &sent, window, &mut report).await?;
+    // Delays over --late-ms: changes that waited out a dead connection.
+    let late: Vec<u64> = matched
+        .latencies_us
+        .iter()
+        .copied()
+        .filter(|&us| us > args.late_ms * 1000)
+        .collect();
     report.set("late_changes", late.len());
     report.set("late_change_delay", percentiles_ms(&late));
     report.set(
@@ -108,26 +109,6 @@ pub async fn run(args: CarrierArgs) -> Result<serde_json::Value> {
         ),
     );
     run.finish(report)
-}
-
-/// Delays over `late_us`: changes that waited out a dead connection.
-fn late_changes(
-    sent: &[crate::changes::Sent],
-    wakes: &[(usize, u64)],
-    run: &Run,
-    window: Duration,
-    late_us: u64,
-) -> Vec<u64> {
-    let m = crate::changes::matched(
-        sent,
-        wakes,
-        super::devices_of(&run.cluster.auth, run.args.devices),
-        window.as_micros() as u64,
-    );
-    m.latencies_us
-        .into_iter()
-        .filter(|&us| us > late_us)
-        .collect()
 }
 
 /// Where each device's heartbeat ended and when it got there.

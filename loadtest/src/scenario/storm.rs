@@ -50,10 +50,10 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
     let killed = Instant::now();
     run.cluster.frontends[args.kill].kill().await?;
     let deadline = killed + Duration::from_secs(args.settle_secs);
-    let mut back = run.parked().await;
+    let mut back = run.parked().await.unwrap_or(0.0);
     while back < parked && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        back = run.parked().await;
+        back = run.parked().await.unwrap_or(back);
     }
     let reparked_secs = killed.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.calm_secs)).await;
@@ -77,7 +77,6 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
         &sent,
         Duration::from_secs(args.window_secs),
         &mut report,
-        "latency.png",
     )
     .await?;
     run.finish(report)

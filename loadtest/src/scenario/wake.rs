@@ -42,7 +42,6 @@ pub async fn run(args: WakeArgs) -> Result<serde_json::Value> {
         &sent,
         Duration::from_secs(args.window_secs),
         &mut report,
-        "latency.png",
     )
     .await?;
     report.set("parked_after", run.parked().await);

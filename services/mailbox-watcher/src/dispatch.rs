@@ -186,10 +186,8 @@ async fn bump_and_wake(
         };
         let payload = serde_json::to_vec(&wake)?;
         let subject = shared.subjects.wake(&pod);
-        match dp_runtime::telemetry::traceparent(&tracing::Span::current()) {
-            Some(value) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(dp_runtime::telemetry::TRACEPARENT, value.as_str());
+        match crate::trace_headers() {
+            Some(headers) => {
                 shared
                     .nats
                     .publish_with_headers(subject, headers, payload.into())

@@ -144,19 +144,17 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
 async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
     let accepted_at = dp_runtime::now_us();
     // The dispatcher continues this request's trace from the message header.
-    let traceparent = dp_runtime::telemetry::traceparent(&tracing::Span::current());
+    let headers = crate::trace_headers();
     let mut pending = Vec::with_capacity(changes.len());
     for mut change in changes {
         change.accepted_at_us = Some(accepted_at);
         let payload = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
         let subject = shared.subjects.change(&change.mailbox);
-        let published = match &traceparent {
-            Some(value) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(dp_runtime::telemetry::TRACEPARENT, value.as_str());
+        let published = match &headers {
+            Some(headers) => {
                 shared
                     .jetstream
-                    .publish_with_headers(subject, headers, payload.into())
+                    .publish_with_headers(subject, headers.clone(), payload.into())
                     .await
             }
             None => shared.jetstream.publish(subject, payload.into()).await,

@@ -183,3 +183,11 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
         })
     })
 }
+
+/// NATS headers carrying the current span's trace context, when it is traced.
+fn trace_headers() -> Option<async_nats::HeaderMap> {
+    let value = dp_runtime::telemetry::traceparent(&tracing::Span::current())?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(dp_runtime::telemetry::TRACEPARENT, value.as_str());
+    Some(headers)
+}

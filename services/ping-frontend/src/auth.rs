@@ -2,6 +2,7 @@
 //! credentials so a reconnect storm does not re-run argon2 for every device.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,31 @@ pub struct Auth {
     verifier: dp_db::accounts::Verifier,
     throttle: Throttle,
     jwt: Option<crate::jwt::JwtSettings>,
+    /// One verification at a time per credentials: when a pod is lost, its devices reconnect
+    /// to the others together, and every device of a mailbox would otherwise pay for its own
+    /// argon2 before the first result reaches the cache.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Takes a key's turn out of [`Auth::in_flight`] once nobody waits for it any more.
+struct Turn<'a> {
+    auth: &'a Auth,
+    key: [u8; 32],
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .auth
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: no one else holds or waits for this gate.
+        if Arc::strong_count(&self.gate) <= 2 {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// A hash to verify against when the account does not exist, so that answer takes as long as
@@ -76,6 +102,7 @@ impl Auth {
             verifier: dp_db::accounts::Verifier::spawn(parallel)?,
             throttle,
             jwt,
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,6 +134,23 @@ impl Auth {
         };
         let name = canonical_mailbox(&name);
         let key = self.digest(&name, &password);
+        if let Some(mailbox) = self.cached(&key) {
+            count("cache_hit");
+            return Ok(mailbox);
+        }
+        let turn = Turn {
+            auth: self,
+            key,
+            gate: self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_default()
+                .clone(),
+        };
+        let _held = turn.gate.lock().await;
+        // Whoever went first may have verified these very credentials meanwhile.
         if let Some(mailbox) = self.cached(&key) {
             count("cache_hit");
             return Ok(mailbox);

@@ -567,3 +567,39 @@ async fn head_and_body_limits_are_configurable() {
     );
     env.cleanup().await;
 }
+
+/// A reconnect storm's shape on a cold pod: many devices of one mailbox log in at once and
+/// cost one argon2 verification, not one each.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_logins_of_one_account_verify_once() {
+    let env = Env::new().await;
+    env.account("herd@example.com", "pw-herd").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let devices = 12;
+    let pings: Vec<_> = (0..devices)
+        .map(|i| {
+            let addr = a.addr;
+            tokio::spawn(async move {
+                let mut device = Device::new(addr, "herd@example.com", "pw-herd", &format!("d{i}"));
+                device
+                    .ping_within(Some(&ping_body(1, &["5"])), Duration::from_secs(30))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    for ping in pings {
+        assert_eq!(ping.await.expect("ping task"), 200);
+    }
+    assert_eq!(
+        a.metric("dp_frontend_auth_total{result=\"verified\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        a.metric("dp_frontend_auth_total{result=\"cache_hit\"}")
+            .await,
+        f64::from(devices - 1)
+    );
+    env.cleanup().await;
+}
