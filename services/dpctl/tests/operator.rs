@@ -117,3 +117,50 @@ async fn accounts_change_and_device_show() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no account named"));
     env.cleanup().await;
 }
+
+/// What the compose stack's one-shot services and the image's health check run: a password
+/// from a named variable (no shell to pipe one in), and `dpctl health`.
+#[tokio::test]
+async fn password_from_the_environment_and_health() {
+    let env = Env::new().await;
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_dpctl"))
+            .args(args)
+            .env("DATABASE_URL", &env.database_url)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("dpctl runs")
+    };
+    let add = [
+        "accounts",
+        "add",
+        "demo@example.com",
+        "--password-env",
+        "DEMO_PASSWORD",
+    ];
+    let added = run(&add, &[("DEMO_PASSWORD", "demo-pw")]);
+    assert!(text(&added).contains("demo@example.com"));
+    let (hash, disabled) = dp_db::accounts::credentials(&env.pool, "demo@example.com")
+        .await
+        .expect("query")
+        .expect("the account exists");
+    assert!(!disabled && dp_db::accounts::verify_password(&hash, "demo-pw"));
+    let unset = run(&add, &[]);
+    assert!(!unset.status.success());
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("DEMO_PASSWORD is not set"));
+
+    let a = Frontend::start(&env, "a", &[]).await;
+    let healthy = run(&["health", &format!("http://{}/healthz", a.admin)], &[]);
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let missing = run(
+        &["health", &format!("http://{}/nothing-here", a.admin)],
+        &[],
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    env.cleanup().await;
+}

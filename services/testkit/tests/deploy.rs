@@ -166,9 +166,14 @@ fn compose_sets_what_the_services_read_with_matching_ports() {
         services["migrate"]["command"][0].as_str(),
         Some("ping-frontend")
     );
+    let demo = &services["demo-account"];
+    assert_eq!(demo["command"][4].as_str(), Some("--password-env"));
+    let variable = demo["command"][5]
+        .as_str()
+        .expect("--password-env VARIABLE");
     assert_eq!(
-        keys(&services["demo-account"]["environment"]),
-        BTreeSet::from(["DATABASE_URL".to_owned()])
+        keys(&demo["environment"]),
+        BTreeSet::from(["DATABASE_URL".to_owned(), variable.to_owned()])
     );
 }
 
