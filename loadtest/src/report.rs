@@ -48,7 +48,7 @@ impl Report {
     pub fn finish(self, out: &Path) -> Result<Value> {
         println!("== loadtest {} ==", self.scenario);
         for (key, value) in &self.fields {
-            if key != "timeline" {
+            if key != "timeline" && key != "frontend_memory_each" {
                 println!("{key:>28}: {}", readable(value));
             }
         }

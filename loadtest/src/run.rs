@@ -190,9 +190,11 @@ impl Run {
         self.launch(heartbeat, None).await?;
         let half = self.wait_parked(n / 2.0).await?;
         let at_half = probe::total(&pids);
+        let nodes_half = self.per_frontend().await;
         let parked = self.wait_parked(n).await?;
         let secs = t0.elapsed().as_secs_f64();
         let end = probe::total(&pids);
+        let nodes_end = self.per_frontend().await;
         report.set("devices", self.args.devices);
         report.set("workers", self.fleet_size);
         report.set("frontends", self.cluster.frontends.len());
@@ -213,6 +215,22 @@ impl Run {
                 "heap_bytes_per_parked_slope": (end.anon.saturating_sub(at_half.anon) as f64 / grown).round(),
                 "rss_bytes_per_parked_overall": (end.rss.saturating_sub(before.rss) as f64 / parked).round(),
             }));
+            // Each frontend's own slope: its RSS growth over its own parked growth.
+            let each: Vec<_> = nodes_half
+                .iter()
+                .zip(&nodes_end)
+                .filter_map(|((name, u0, p0), (_, u1, p1))| {
+                    let (u0, u1, p0, p1) = ((*u0)?, (*u1)?, (*p0)?, (*p1)?);
+                    Some(json!({
+                        "frontend": name,
+                        "parked": p1,
+                        "rss_mb": round(u1.rss as f64 / 1e6),
+                        "rss_bytes_per_parked_slope": (u1.rss.saturating_sub(u0.rss) as f64 / (p1 - p0).max(1.0)).round(),
+                        "heap_bytes_per_parked_slope": (u1.anon.saturating_sub(u0.anon) as f64 / (p1 - p0).max(1.0)).round(),
+                    }))
+                })
+                .collect();
+            report.set("frontend_memory_each", json!(each));
             let cpu = end.cpu_secs - before.cpu_secs;
             report.set("frontend_cpu_secs", round(cpu));
             report.set(
@@ -221,6 +239,19 @@ impl Run {
             );
         }
         Ok(parked)
+    }
+
+    /// Each frontend's name, memory and parked count now (where known).
+    async fn per_frontend(&self) -> Vec<(String, Option<probe::Usage>, Option<f64>)> {
+        let mut out = Vec::new();
+        for node in &self.cluster.frontends {
+            let parked = match node.admin {
+                Some(admin) => probe::metric(admin, "dp_frontend_parked_pings").await,
+                None => None,
+            };
+            out.push((node.name.clone(), node.pid.and_then(probe::usage), parked));
+        }
+        out
     }
 
     /// Stops the devices, adds what they reported, draws the timeline charts.

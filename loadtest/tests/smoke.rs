@@ -100,6 +100,12 @@ async fn park_and_wake() {
         .as_f64()
         .is_some());
     assert!(number(&report, "ping_setups_per_frontend_cpu_sec") > 0.0);
+    let each = report["frontend_memory_each"]
+        .as_array()
+        .expect("per-frontend memory");
+    assert_eq!(each.len(), 2, "{report:#}");
+    let parked_each: f64 = each.iter().filter_map(|f| f["parked"].as_f64()).sum();
+    assert_eq!(parked_each, 2000.0, "each frontend's parked count adds up");
     env.cleanup().await;
 }
 
