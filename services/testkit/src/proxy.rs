@@ -1,5 +1,7 @@
 //! A TCP proxy in front of a service, which the test can cut (every connection dropped, new
-//! ones refused) and restore: a network partition between one pod and that service.
+//! ones refused) and restore: a network partition between one pod and that service. It can
+//! also silence its connections, as a carrier drops a mapping: neither end is told, and what
+//! either sends is lost.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +16,7 @@ pub struct Proxy {
     /// Proxied connections still open.
     active: Arc<AtomicUsize>,
     generation: watch::Sender<u64>,
+    silenced: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -23,8 +26,10 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
+        let (silenced, _) = watch::channel(0u64);
         let active = Arc::new(AtomicUsize::new(0));
         let (flag, gen, open) = (cut.clone(), generation.clone(), active.clone());
+        let hush = silenced.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if flag.load(Ordering::Acquire) {
@@ -32,16 +37,24 @@ impl Proxy {
                     continue;
                 }
                 let mut cut_signal = gen.subscribe();
+                let mut silence_signal = hush.subscribe();
                 open.fetch_add(1, Ordering::SeqCst);
                 let open = open.clone();
                 tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(target).await {
                         let mut client = client;
                         // A cut wins over data in flight: nothing passes once it is signalled.
-                        tokio::select! {
+                        let silenced = tokio::select! {
                             biased;
-                            _ = cut_signal.changed() => {}
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut_signal.changed() => false,
+                            _ = silence_signal.changed() => true,
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        };
+                        if silenced {
+                            tokio::select! {
+                                _ = cut_signal.changed() => {}
+                                () = discard(client, server) => {}
+                            }
                         }
                     }
                     open.fetch_sub(1, Ordering::SeqCst);
@@ -53,6 +66,7 @@ impl Proxy {
             cut,
             active,
             generation,
+            silenced,
             task,
         }
     }
@@ -74,9 +88,24 @@ impl Proxy {
         .await;
     }
 
+    /// From now on the open connections pass nothing, and neither end hears of it.
+    pub fn silence(&self) {
+        self.silenced.send_modify(|g| *g += 1);
+    }
+
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Release);
     }
+}
+
+/// Reads and drops what both ends send until both have closed.
+async fn discard(mut client: TcpStream, mut server: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let (mut a, mut b) = ([0u8; 1024], [0u8; 1024]);
+    tokio::join!(
+        async { while matches!(client.read(&mut a).await, Ok(n) if n > 0) {} },
+        async { while matches!(server.read(&mut b).await, Ok(n) if n > 0) {} },
+    );
 }
 
 impl Drop for Proxy {

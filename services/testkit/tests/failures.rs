@@ -188,3 +188,55 @@ async fn nats_partition_loses_no_change() {
     assert!(a.metric("dp_frontend_nats_reconnects_total").await >= 1.0);
     env.cleanup().await;
 }
+
+/// I1 across a connection a carrier dropped silently: the frontend writes the Status 2 into it
+/// and believes it delivered. The device, hearing nothing, gives up after its heartbeat and
+/// Pings again: it hears the change then, once (I2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_written_into_a_silently_dropped_connection_is_reported_again() {
+    let env = Env::new().await;
+    env.account("cara@example.com", "pw-cara").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let carrier = Proxy::start(a.addr).await;
+    let mut phone = Device::new(carrier.addr, "cara@example.com", "pw-cara", "phone");
+    let parked = tokio::spawn(async move {
+        // Heartbeat 2 s; the device waits 3 s for an answer, then gives up on the connection.
+        let heard = tokio::time::timeout(
+            Duration::from_secs(3),
+            phone.ping(Some(&ping_body(2, &["5"]))),
+        )
+        .await;
+        (phone, heard.is_ok())
+    });
+    env.wait_parked("cara@example.com", "phone", "a", None)
+        .await;
+    carrier.silence();
+    w.change(&env, "cara@example.com", &["5"]).await;
+    wait_for(
+        "the Status 2 written into the dead connection",
+        Duration::from_secs(10),
+        || async {
+            (a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let (mut phone, heard) = parked.await.expect("ping task");
+    assert!(!heard, "nothing passes a silenced connection");
+
+    // Back after that Ping's heartbeat ran out, on a new connection: the change is news again.
+    phone.move_to(a.addr);
+    let again = phone
+        .ping_within(Some(&ping_body(2, &["5"])), Duration::from_secs(1))
+        .await
+        .ping();
+    assert_eq!(again.status, PingStatus::Changes);
+    assert_eq!(again.folders, vec!["5".to_owned()]);
+    // Heard this time (the device came back before the heartbeat): not reported a third time.
+    let settled = phone
+        .ping_within(Some(&ping_body(1, &["5"])), Duration::from_secs(5))
+        .await
+        .ping();
+    assert_eq!(settled.status, PingStatus::Expired);
+    env.cleanup().await;
+}
