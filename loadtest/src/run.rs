@@ -163,8 +163,8 @@ impl Run {
         let (mut best, mut since) = (0.0, Instant::now());
         loop {
             let now = self.parked().await;
-            if now.is_some_and(|n| n >= want) {
-                return Ok(now.unwrap_or(want));
+            if let Some(n) = now.filter(|n| *n >= want) {
+                return Ok(n);
             }
             if let Some(n) = now.filter(|n| *n > best) {
                 (best, since) = (n, Instant::now());

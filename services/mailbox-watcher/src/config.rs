@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dp_proto::events::ChangeKind;
-use dp_runtime::logging::LogFormat;
 use dp_runtime::{parse_addr, ConfigError};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -51,14 +50,10 @@ pub struct WatcherArgs {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The settings every service shares (stores, namespace, pod, logs, runtime).
+    pub common: dp_runtime::Common,
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub nats_url: String,
-    pub redis_url: String,
-    pub namespace: String,
-    pub pod: String,
-    pub log_format: LogFormat,
-    pub worker_threads: usize,
     pub ingest_token: Option<String>,
     pub ingest: bool,
     pub dispatch: bool,
@@ -127,14 +122,9 @@ impl WatcherArgs {
             ));
         }
         Ok(Config {
+            common,
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
             admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
-            nats_url: common.nats_url,
-            redis_url: common.redis_url,
-            namespace: common.namespace,
-            pod: common.pod,
-            log_format: common.log_format,
-            worker_threads: common.worker_threads,
             ingest_token: self.ingest_token,
             ingest,
             dispatch,

@@ -74,19 +74,19 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let nats = async_nats::ConnectOptions::new()
-        .name(format!("mailbox-watcher/{}", config.pod))
+        .name(format!("mailbox-watcher/{}", config.common.pod))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((attempts as u64 * 100).min(2000))
         })
-        .connect(&config.nats_url)
+        .connect(&config.common.nats_url)
         .await
         .context("NATS_URL")?;
     let shared = Arc::new(Shared {
         jetstream: jetstream::new(nats.clone()),
-        store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
-        subjects: Subjects::new(&config.namespace),
+        store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs()),
+        subjects: Subjects::new(&config.common.namespace),
         stream_ready: AtomicBool::new(false),
         dispatch_ready: AtomicBool::new(false),
         config,
@@ -120,7 +120,7 @@ pub async fn run(
         }));
     }
     if shared.config.dispatch {
-        let redis = dp_keyspace::connect(&shared.config.redis_url, || drain.is_signalled())
+        let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
             .await
             .context("REDIS_URL")?;
         let mut consumer = stream
@@ -156,7 +156,7 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(pod = %shared.config.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, "mailbox-watcher running");
+    tracing::info!(pod = %shared.config.common.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, "mailbox-watcher running");
     drain.signalled().await;
     for task in tasks {
         let _ = task.await;

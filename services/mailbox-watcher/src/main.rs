@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     dp_runtime::main(
         "mailbox-watcher",
         config,
-        |c| (c.log_format, c.worker_threads),
+        |c| (c.common.log_format, c.common.worker_threads),
         |config| async move {
             let ingest = if config.ingest {
                 Some(dp_runtime::listener::bind(config.listen_addr, 1024, false)?)

@@ -48,11 +48,11 @@ pub async fn subscribe(
 ) -> anyhow::Result<()> {
     let mut wakes = shared
         .nats
-        .subscribe(shared.subjects.wake(&shared.config.pod))
+        .subscribe(shared.subjects.wake(&shared.config.common.pod))
         .await?;
     let mut evicts = shared
         .nats
-        .subscribe(shared.subjects.evict(&shared.config.pod))
+        .subscribe(shared.subjects.evict(&shared.config.common.pod))
         .await?;
     let s = shared.clone();
     tokio::spawn(async move {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dp_proto::ping::PingLimits;
-use dp_runtime::logging::LogFormat;
 use dp_runtime::{parse_addr, ConfigError};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -138,16 +137,12 @@ pub struct FrontendArgs {
 /// Checked settings.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The settings every service shares (stores, namespace, pod, logs, runtime).
+    pub common: dp_runtime::Common,
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub nats_url: String,
-    pub redis_url: String,
     pub database_url: String,
     pub database_pool_size: u32,
-    pub namespace: String,
-    pub pod: String,
-    pub log_format: LogFormat,
-    pub worker_threads: usize,
     pub limits: PingLimits,
     pub max_connections: usize,
     pub tls: Option<crate::tls::TlsFiles>,
@@ -239,16 +234,11 @@ impl FrontendArgs {
             }
         };
         Ok(Config {
+            common,
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
             admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
-            nats_url: common.nats_url,
-            redis_url: common.redis_url,
             database_url: self.database_url,
             database_pool_size: self.database_pool_size,
-            namespace: common.namespace,
-            pod: common.pod,
-            log_format: common.log_format,
-            worker_threads: common.worker_threads,
             limits: PingLimits {
                 min_heartbeat: self.min_heartbeat,
                 max_heartbeat: self.max_heartbeat,

@@ -100,14 +100,14 @@ pub async fn run(
     }
     let (history, history_writer) =
         dp_db::history::spawn_writer(pool.clone(), config.history, metrics.history.clone());
-    let redis = dp_keyspace::connect(&config.redis_url, || drain.is_signalled())
+    let redis = dp_keyspace::connect(&config.common.redis_url, || drain.is_signalled())
         .await
         .context("REDIS_URL")?;
-    let (nats, nats_events) = cluster::connect(&config.nats_url, &config.pod).await?;
+    let (nats, nats_events) = cluster::connect(&config.common.nats_url, &config.common.pod).await?;
     let start_ms = dp_runtime::now_ms();
     let shared = Arc::new(Shared {
-        store: Store::new(&config.namespace, config.device_state_ttl.as_secs()),
-        subjects: Subjects::new(&config.namespace),
+        store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs()),
+        subjects: Subjects::new(&config.common.namespace),
         auth: auth::Auth::new(
             pool,
             config.auth_cache_size,
@@ -151,7 +151,7 @@ pub async fn run(
         admin_drain,
     ));
     tracing::info!(
-        pod = %shared.config.pod,
+        pod = %shared.config.common.pod,
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "ping-frontend serving"
     );

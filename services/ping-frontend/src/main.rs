@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     dp_runtime::main(
         "ping-frontend",
         cli.args.check(),
-        |c| (c.log_format, c.worker_threads),
+        |c| (c.common.log_format, c.common.worker_threads),
         |config| async move {
             match command {
                 Command::Migrate => {

@@ -170,7 +170,7 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
     }
     let longest = ping.heartbeat.unwrap_or(limits.max_heartbeat);
     let owner = Owner {
-        pod: shared.config.pod.clone(),
+        pod: shared.config.common.pod.clone(),
         request: context.request_id,
         expiry_ms: dp_runtime::now_ms()
             + u64::from(longest) * 1000
@@ -255,7 +255,7 @@ fn redis_failed(shared: &Shared, device: Device<'_>, reason: &str) -> Finished {
 
 /// Ends the device's previous Ping wherever it is parked.
 async fn evict(shared: &Shared, device: &str, previous: &Owner, request_id: u64) {
-    if previous.pod == shared.config.pod {
+    if previous.pod == shared.config.common.pod {
         if previous.request != request_id {
             shared
                 .parked
@@ -381,7 +381,7 @@ pub async fn finish<S: Transport>(
         mailbox: context.mailbox.clone(),
         device_id: context.device_id.clone(),
         device_type: context.device_type.clone(),
-        pod: shared.config.pod.clone(),
+        pod: shared.config.common.pod.clone(),
         request_id: context.request_id,
         requested_heartbeat: context.requested_heartbeat,
         effective_heartbeat: None,
