@@ -8,6 +8,7 @@
 mod codepages;
 mod decode;
 mod encode;
+pub mod scan;
 pub mod xml;
 
 pub use codepages::{CodePage, CODE_PAGES};

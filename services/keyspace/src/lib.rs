@@ -12,6 +12,8 @@
 //! | `<ns>:{M}:ntf:<device>` | hash | folder id -> version last reported to the device |
 //! | `<ns>:{M}:prm:<device>` | string | the device's last heartbeat and folders, JSON |
 //! | `<ns>:{M}:unc:<device>` | hash | the last Status 2 not yet known heard: `_until` (ms) and folder id -> the version it replaced |
+//! | `<ns>:{M}:fld:<device>` | hash | proxy mode: the device's folders from FolderSync, ServerId -> `type\tparent\tname` |
+//! | `<ns>:{M}:syn:<device>` | hash | proxy mode: `r` Status 2 answers since the last Sync, `p:<id>` the version last reported, `l` the last full Sync request's collections (JSON), `k:<id>` each collection's last SyncKey |
 #![forbid(unsafe_code)]
 
 use dp_proto::events::FolderVersion;
@@ -60,6 +62,14 @@ impl Keyspace {
         self.mailbox(mailbox, &format!("unc:{}", token(device_id)))
     }
 
+    pub fn folders(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("fld:{}", token(device_id)))
+    }
+
+    pub fn sync_state(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("syn:{}", token(device_id)))
+    }
+
     /// A pattern matching every key of the namespace (for tests and tools that clean up).
     pub fn all_keys_pattern(&self) -> String {
         format!("{}:*", self.ns)
@@ -75,11 +85,22 @@ pub struct Device<'a> {
     pub key: &'a str,
 }
 
+/// Who acknowledges a Status 2 (ARCHITECTURE.md, I2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No Sync is visible: the answer itself, once the device is known to have heard it.
+    Standalone,
+    /// In front of an ActiveSync server: the device's completed Sync of the folder.
+    Proxy,
+}
+
 /// What a claim found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// Neither the body nor the cache holds a heartbeat and folders: Status 3.
     MissingParameters,
+    /// A pinged folder is not in the device's known hierarchy: Status 7.
+    HierarchyChanged { previous: Option<Owner> },
     Claimed {
         /// Who owned the device's Ping before this one, if anyone.
         previous: Option<Owner>,
@@ -87,7 +108,35 @@ pub enum Claim {
         folders: Vec<PingFolder>,
         /// Monitored folders with news for this device: answer Status 2 at once.
         changed: Vec<FolderVersion>,
+        /// Proxy mode: Status 2 answers since the device's last Sync.
+        repeats: u32,
     },
+}
+
+/// One folder change a FolderSync response carried.
+pub enum HierarchyChange<'a> {
+    Put {
+        server_id: &'a str,
+        parent_id: &'a str,
+        display_name: &'a str,
+        folder_type: u32,
+    },
+    Delete(&'a str),
+}
+
+/// A collection a Sync completed: the version read when the Sync started, and the new key.
+pub struct Synced<'a> {
+    pub collection: &'a str,
+    pub version: u64,
+    pub sync_key: Option<&'a str>,
+}
+
+/// What a Sync starts from: the mailbox's folder versions now, and the collections of the
+/// device's last full Sync request (an empty request repeats them).
+#[derive(Debug, Default)]
+pub struct SyncStart {
+    pub versions: std::collections::HashMap<String, u64>,
+    pub last_request: Vec<String>,
 }
 
 /// What re-checking a parked Ping found.
@@ -111,6 +160,9 @@ pub struct Scripts {
     bump: Script,
     check: Script,
     ack: Script,
+    hierarchy: Script,
+    synced: Script,
+    reported: Script,
 }
 
 impl Default for Scripts {
@@ -126,6 +178,9 @@ impl Default for Scripts {
                 include_str!("scripts/news.lua"),
                 include_str!("scripts/check.lua")
             )),
+            hierarchy: Script::new(include_str!("scripts/hierarchy.lua")),
+            synced: Script::new(include_str!("scripts/synced.lua")),
+            reported: Script::new(include_str!("scripts/reported.lua")),
         }
     }
 }
@@ -156,6 +211,7 @@ impl Store {
         owner: &Owner,
         request: &PingRequest,
         now_ms: u64,
+        mode: Mode,
     ) -> RedisResult<Claim> {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
@@ -164,19 +220,21 @@ impl Store {
             .key(self.keys.notified(device.mailbox, device.device_id))
             .key(self.keys.params(device.mailbox, device.device_id))
             .key(self.keys.unconfirmed(device.mailbox, device.device_id))
+            .key(self.keys.folders(device.mailbox, device.device_id))
+            .key(self.keys.sync_state(device.mailbox, device.device_id))
             .arg(device.key)
             .arg(owner.encode())
             .arg(self.ttl_secs)
             .arg(request.heartbeat.map_or(String::new(), |h| h.to_string()));
         match &request.folders {
             Some(folders) => {
-                invocation.arg(folders.len()).arg(now_ms);
+                invocation.arg(folders.len()).arg(now_ms).arg(mode.as_str());
                 for folder in folders {
                     invocation.arg(&folder.id).arg(folder.class.as_str());
                 }
             }
             None => {
-                invocation.arg(-1).arg(now_ms);
+                invocation.arg(-1).arg(now_ms).arg(mode.as_str());
             }
         }
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
@@ -286,7 +344,12 @@ fn bad_reply(what: &'static str) -> redis::RedisError {
 fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> {
     match reply.first().map(String::as_str) {
         Some("missing") => return Ok(Claim::MissingParameters),
-        Some("ok") if reply.len() >= 4 => {}
+        Some("hierarchy") => {
+            return Ok(Claim::HierarchyChanged {
+                previous: reply.get(1).and_then(|p| Owner::parse(p)),
+            })
+        }
+        Some("ok") if reply.len() >= 5 => {}
         _ => return Err(bad_reply("neither 'ok' nor 'missing'")),
     }
     let heartbeat = match request.heartbeat {
@@ -313,8 +376,118 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
         previous: Owner::parse(&reply[1]),
         heartbeat,
         folders,
-        changed: folder_versions(&reply[4..]),
+        repeats: reply[4].parse().unwrap_or(0),
+        changed: folder_versions(&reply[5..]),
     })
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Proxy => "proxy",
+        }
+    }
+}
+
+/// Proxy mode: what the frontend learns from the commands it passes to the upstream.
+impl Store {
+    /// Applies a FolderSync response to the device's known hierarchy; `reset` when it is the
+    /// whole hierarchy (SyncKey 0).
+    pub async fn apply_hierarchy<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        reset: bool,
+        changes: &[HierarchyChange<'_>],
+    ) -> RedisResult<()> {
+        let mut invocation = self.scripts.hierarchy.prepare_invoke();
+        invocation
+            .key(self.keys.folders(device.mailbox, device.device_id))
+            .arg(if reset { "1" } else { "0" })
+            .arg(self.ttl_secs);
+        for change in changes {
+            match change {
+                HierarchyChange::Put {
+                    server_id,
+                    parent_id,
+                    display_name,
+                    folder_type,
+                } => invocation
+                    .arg("P")
+                    .arg(*server_id)
+                    .arg(format!("{folder_type}\t{parent_id}\t{display_name}")),
+                HierarchyChange::Delete(server_id) => invocation.arg("D").arg(*server_id),
+            };
+        }
+        let _: i64 = invocation.invoke_async(conn).await?;
+        Ok(())
+    }
+
+    /// Read when a Sync starts, before the upstream sees it: what it will have delivered.
+    pub async fn sync_start<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+    ) -> RedisResult<SyncStart> {
+        let (versions, last): (Vec<(String, u64)>, Option<String>) = redis::pipe()
+            .hgetall(self.keys.versions(device.mailbox))
+            .hget(self.keys.sync_state(device.mailbox, device.device_id), "l")
+            .query_async(conn)
+            .await?;
+        Ok(SyncStart {
+            versions: versions.into_iter().collect(),
+            last_request: last
+                .and_then(|l| serde_json::from_str(&l).ok())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Records a completed Sync: each collection's version at the Sync's start becomes the
+    /// device's baseline, and `last_request` (when given) the collections an empty Sync repeats.
+    pub async fn synced<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        collections: &[Synced<'_>],
+        last_request: Option<&[String]>,
+    ) -> RedisResult<()> {
+        let mut invocation = self.scripts.synced.prepare_invoke();
+        invocation
+            .key(self.keys.notified(device.mailbox, device.device_id))
+            .key(self.keys.sync_state(device.mailbox, device.device_id))
+            .arg(self.ttl_secs)
+            .arg(match last_request {
+                Some(ids) => serde_json::to_string(ids).unwrap_or_default(),
+                None => String::new(),
+            });
+        for c in collections {
+            invocation
+                .arg(c.collection)
+                .arg(c.version)
+                .arg(c.sync_key.unwrap_or(""));
+        }
+        let _: i64 = invocation.invoke_async(conn).await?;
+        Ok(())
+    }
+
+    /// Counts a Status 2 written in proxy mode and what it reported; returns the count since
+    /// the last Sync.
+    pub async fn reported<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        versions: &[FolderVersion],
+    ) -> RedisResult<u32> {
+        let mut invocation = self.scripts.reported.prepare_invoke();
+        invocation
+            .key(self.keys.sync_state(device.mailbox, device.device_id))
+            .arg(self.ttl_secs);
+        for v in versions {
+            invocation.arg(&v.id).arg(v.version);
+        }
+        invocation.invoke_async(conn).await
+    }
 }
 
 /// Connects to Redis, retrying every half second until it answers or `give_up` says stop: a

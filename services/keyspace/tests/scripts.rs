@@ -1,7 +1,7 @@
 //! The scripts on the real Redis: the claim/bump protocol of ARCHITECTURE.md section 3 in both
 //! orders, the parameter cache, I2 (no repeat after an ack), and supersession.
 
-use dp_keyspace::{Check, Claim, Device, Owner, Store};
+use dp_keyspace::{Check, Claim, Device, Mode, Owner, Store};
 use dp_proto::events::FolderVersion;
 use dp_proto::ids::device_key;
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
@@ -70,7 +70,7 @@ fn owner(pod: &str, request: u64) -> Owner {
 fn changed_of(claim: &Claim) -> Vec<FolderVersion> {
     match claim {
         Claim::Claimed { changed, .. } => changed.clone(),
-        Claim::MissingParameters => panic!("expected a claim"),
+        other => panic!("expected a claim, got {other:?}"),
     }
 }
 
@@ -92,6 +92,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("a", 1),
             &full(60, &["5", "6"]),
             NOW,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -102,6 +103,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             heartbeat: 60,
             folders: full(60, &["5", "6"]).folders.expect("folders"),
             changed: vec![],
+            repeats: 0,
         }
     );
 
@@ -127,6 +129,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("b", 2),
             &PingRequest::default(),
             NOW,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -135,6 +138,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
         heartbeat,
         folders,
         changed,
+        ..
     } = claim
     else {
         panic!("cached parameters must be found");
@@ -165,6 +169,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("b", 3),
             &PingRequest::default(),
             NOW,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -185,6 +190,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
                 &owner("b", 3),
                 &PingRequest::default(),
                 NOW,
+                Mode::Standalone,
             )
             .await
             .expect("claim"),
@@ -202,6 +208,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("b", 4),
             &PingRequest::default(),
             late,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -221,6 +228,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("b", 5),
             &PingRequest::default(),
             late + 1,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -235,6 +243,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             &owner("b", 3),
             &PingRequest::default(),
             late + 999_999,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -283,6 +292,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
             &owner("a", 1),
             &PingRequest::default(),
             NOW,
+            Mode::Standalone,
         )
         .await
         .expect("claim");
@@ -292,7 +302,14 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         folders: None,
     };
     let claim = store
-        .claim(&mut conn, device, &owner("a", 1), &only_heartbeat, NOW)
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 1),
+            &only_heartbeat,
+            NOW,
+            Mode::Standalone,
+        )
         .await
         .expect("claim");
     assert_eq!(
@@ -302,11 +319,25 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
     );
 
     store
-        .claim(&mut conn, device, &owner("a", 2), &full(120, &["1"]), NOW)
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 2),
+            &full(120, &["1"]),
+            NOW,
+            Mode::Standalone,
+        )
         .await
         .expect("claim");
     let claim = store
-        .claim(&mut conn, device, &owner("a", 3), &only_heartbeat, NOW)
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 3),
+            &only_heartbeat,
+            NOW,
+            Mode::Standalone,
+        )
         .await
         .expect("claim");
     let Claim::Claimed {
@@ -328,7 +359,14 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         expiry_ms: 10,
     };
     store
-        .claim(&mut conn, device, &expired, &PingRequest::default(), NOW)
+        .claim(
+            &mut conn,
+            device,
+            &expired,
+            &PingRequest::default(),
+            NOW,
+            Mode::Standalone,
+        )
         .await
         .expect("claim");
     let bump = store
@@ -336,5 +374,163 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         .await
         .expect("bump");
     assert!(bump.owners.is_empty());
+    cleanup(&mut conn, &store).await;
+}
+
+/// Proxy mode (ARCHITECTURE.md I2): a folder stays news until a completed Sync of it, whatever
+/// answers were written; a change during the Sync stays news; Status 2 answers are counted
+/// until a Sync; a pinged folder outside the learned hierarchy is Status 7.
+#[tokio::test]
+async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
+    use dp_keyspace::{HierarchyChange, Synced};
+    let (store, mut conn, _) = setup().await;
+    let key = device_key("carol", "phone");
+    let device = Device {
+        mailbox: "carol",
+        device_id: "phone",
+        key: &key,
+    };
+    let shared = conn.clone();
+    let claim = |request: u64, body: PingRequest| {
+        let store = &store;
+        let mut conn = shared.clone();
+        async move {
+            store
+                .claim(
+                    &mut conn,
+                    device,
+                    &owner("a", request),
+                    &body,
+                    NOW,
+                    Mode::Proxy,
+                )
+                .await
+                .expect("claim")
+        }
+    };
+    let put = |id| HierarchyChange::Put {
+        server_id: id,
+        parent_id: "0",
+        display_name: id,
+        folder_type: 12,
+    };
+    store
+        .apply_hierarchy(&mut conn, device, true, &[put("inbox"), put("old")])
+        .await
+        .expect("hierarchy");
+    assert!(changed_of(&claim(1, full(60, &["inbox"])).await).is_empty());
+    assert_eq!(
+        claim(2, full(60, &["inbox", "new"])).await,
+        Claim::HierarchyChanged {
+            previous: Some(owner("a", 1))
+        },
+        "a folder the device's hierarchy lacks"
+    );
+    store
+        .apply_hierarchy(
+            &mut conn,
+            device,
+            false,
+            &[put("new"), HierarchyChange::Delete("old")],
+        )
+        .await
+        .expect("delta");
+    assert!(changed_of(&claim(3, full(60, &["inbox", "new"])).await).is_empty());
+    assert!(matches!(
+        claim(4, full(60, &["old"])).await,
+        Claim::HierarchyChanged { .. }
+    ));
+
+    store
+        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .await
+        .expect("bump");
+    for expected_repeats in 0..3 {
+        let Claim::Claimed {
+            changed, repeats, ..
+        } = claim(5, full(60, &["inbox", "new"])).await
+        else {
+            panic!("claimed");
+        };
+        assert_eq!(changed.len(), 1, "reported until synced");
+        assert_eq!(repeats, expected_repeats);
+        store
+            .reported(&mut conn, device, &changed)
+            .await
+            .expect("reported");
+    }
+    // The Sync starts, a change lands during it, then it completes.
+    let start = store.sync_start(&mut conn, device).await.expect("start");
+    store
+        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .await
+        .expect("bump");
+    let version = start.versions["inbox"];
+    let done = [Synced {
+        collection: "inbox",
+        version,
+        sync_key: Some("k2"),
+    }];
+    store
+        .synced(&mut conn, device, &done, Some(&["inbox".to_owned()]))
+        .await
+        .expect("synced");
+    let Claim::Claimed {
+        changed, repeats, ..
+    } = claim(6, PingRequest::default()).await
+    else {
+        panic!("claimed");
+    };
+    assert_eq!(repeats, 0, "a Sync ends the run of repeats");
+    assert_eq!(changed.len(), 1, "the change during the Sync is still news");
+    assert_eq!(changed[0].version, version + 1);
+    store
+        .reported(&mut conn, device, &changed)
+        .await
+        .expect("reported");
+    store
+        .reported(&mut conn, device, &changed)
+        .await
+        .expect("reported");
+    let Claim::Claimed { repeats, .. } = claim(8, PingRequest::default()).await else {
+        panic!("claimed");
+    };
+    assert_eq!(repeats, 2, "the same news again");
+    store
+        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .await
+        .expect("bump");
+    let Claim::Claimed {
+        repeats, changed, ..
+    } = claim(9, PingRequest::default()).await
+    else {
+        panic!("claimed");
+    };
+    assert_eq!(repeats, 0, "a fresh change is not held back");
+    store
+        .synced(
+            &mut conn,
+            device,
+            &[Synced {
+                collection: "inbox",
+                version: changed[0].version,
+                sync_key: None,
+            }],
+            None,
+        )
+        .await
+        .expect("synced");
+    let start = store.sync_start(&mut conn, device).await.expect("start");
+    assert_eq!(start.last_request, ["inbox"]);
+    let done = [Synced {
+        collection: "inbox",
+        version: start.versions["inbox"],
+        sync_key: None,
+    }];
+    store
+        .synced(&mut conn, device, &done, None)
+        .await
+        .expect("synced");
+    assert!(changed_of(&claim(7, PingRequest::default()).await).is_empty());
     cleanup(&mut conn, &store).await;
 }

@@ -132,6 +132,8 @@ pub struct FrontendArgs {
     /// Apply database migrations at start-up.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
+    #[command(flatten)]
+    pub upstream: crate::proxy::UpstreamArgs,
 }
 
 /// Checked settings.
@@ -166,6 +168,8 @@ pub struct Config {
     pub migrate_on_start: bool,
     pub drain_delay: Duration,
     pub drain: Duration,
+    /// Proxy mode: the ActiveSync server every command but Ping goes to.
+    pub upstream: Option<crate::proxy::UpstreamConfig>,
 }
 
 fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
@@ -273,6 +277,7 @@ impl FrontendArgs {
             migrate_on_start: self.migrate_on_start,
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             drain: Duration::from_secs(self.drain_secs),
+            upstream: self.upstream.check()?,
         })
     }
 }

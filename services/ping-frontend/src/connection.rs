@@ -7,7 +7,7 @@ use crate::transport::Transport;
 use dp_runtime::shutdown::Drain;
 use tokio::io::AsyncWriteExt;
 
-use crate::http::request::{self, ReadError};
+use crate::http::request;
 use crate::http::response;
 use crate::ping::{self, Started};
 use crate::router::{self, Routed};
@@ -25,7 +25,7 @@ pub async fn serve<S: Transport>(
     loop {
         let read = tokio::select! {
             _ = drain.signalled(), if buf.is_empty() => break,
-            read = Box::pin(request::read(
+            read = Box::pin(request::read_head(
                 &mut stream,
                 &mut buf,
                 shared.config.idle_timeout,
@@ -35,29 +35,29 @@ pub async fn serve<S: Transport>(
         };
         let request = match read {
             Ok(request) => request,
-            Err(ReadError::Closed | ReadError::Idle | ReadError::Io(_)) => break,
             Err(err) => {
-                let (code, limit) = match err {
-                    ReadError::Slow => (408, Some("header_time")),
-                    ReadError::HeadTooLarge(_) => (431, Some("head_size")),
-                    ReadError::BodyTooLarge(_) => (413, Some("body_size")),
-                    ReadError::Chunked => (411, None),
-                    _ => (400, None),
-                };
-                if let Some(limit) = limit {
-                    shared.count_limited(limit);
+                if let Some((code, limit)) = err.answer() {
+                    if let Some(limit) = limit {
+                        shared.count_limited(limit);
+                    }
+                    tracing::info!(code, reason = %err, "request refused");
+                    shared.count_http(code);
+                    let _ = stream
+                        .write_all(&response::error(code, &err.to_string(), &[], true))
+                        .await;
                 }
-                tracing::info!(code, reason = %err, "request refused");
-                shared.count_http(code);
-                let _ = stream
-                    .write_all(&response::error(code, &err.to_string(), &[], true))
-                    .await;
                 break;
             }
         };
         // Everything but the parked wait runs boxed: a connection's future is as large as its
         // largest state, and the parked state is the one a hundred thousand connections share.
-        let keep_alive = match Box::pin(router::handle(shared, &mut stream, request, peer)).await {
+        let exchange = router::Exchange {
+            shared,
+            stream: &mut stream,
+            buf: &mut buf,
+            peer,
+        };
+        let keep_alive = match Box::pin(router::handle(exchange, request)).await {
             Ok(Routed::Done(keep_alive)) => keep_alive,
             Ok(Routed::Ping(Started::Answer(context, finished))) => {
                 Box::pin(ping::finish(shared, &mut stream, &context, Ok(finished)))

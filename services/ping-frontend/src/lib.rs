@@ -15,6 +15,7 @@ mod limits;
 pub mod metrics;
 mod parked;
 mod ping;
+pub mod proxy;
 mod router;
 mod server;
 pub mod tls;
@@ -60,6 +61,8 @@ pub struct Shared {
     sources: Arc<limits::SourceLimit>,
     tls: Option<Arc<tls::Tls>>,
     ping_rate: limits::RateWindow,
+    /// Proxy mode: the ActiveSync server every command but Ping goes to.
+    upstream: Option<proxy::Upstream>,
 }
 
 impl Shared {
@@ -74,6 +77,14 @@ impl Shared {
             .limited
             .get_or_create(&metrics::LimitLabels { limit })
             .inc();
+    }
+
+    /// Who acknowledges a Status 2: the answer (standalone) or the device's Sync (proxy).
+    fn mode(&self) -> dp_keyspace::Mode {
+        match self.upstream {
+            Some(_) => dp_keyspace::Mode::Proxy,
+            None => dp_keyspace::Mode::Standalone,
+        }
     }
 
     fn count_http(&self, code: u16) {
@@ -132,6 +143,10 @@ pub async fn run(
             None => None,
         },
         ping_rate: limits::RateWindow::new(config.pings_per_device_per_minute),
+        upstream: match config.upstream.clone() {
+            Some(upstream) => Some(proxy::Upstream::new(upstream).context("UPSTREAM_URL")?),
+            None => None,
+        },
         config,
         redis,
         nats,
@@ -152,6 +167,7 @@ pub async fn run(
     ));
     tracing::info!(
         pod = %shared.config.common.pod,
+        upstream = shared.config.upstream.as_ref().map_or("none (standalone)", |u| u.url.as_str()),
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "ping-frontend serving"
     );

@@ -44,6 +44,68 @@ pub struct Metrics {
     pub nats_reconnects: Counter,
     pub evictions_sent: Counter,
     pub history: dp_db::history::HistoryMetrics,
+    pub proxy: ProxyMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxiedLabels {
+    pub command: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObservedLabels {
+    pub what: &'static str,
+}
+
+/// Proxy mode's metrics.
+#[derive(Default)]
+pub struct ProxyMetrics {
+    pub proxied: Family<ProxiedLabels, Counter>,
+    pub upstream_failures: Counter,
+    pub observed: Family<ObservedLabels, Counter>,
+    pub repeat_backoffs: Counter,
+}
+
+impl ProxyMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "proxied",
+            "Requests forwarded to the upstream ActiveSync server, by command and the upstream's HTTP code",
+            self.proxied.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Requests the upstream did not answer (unreachable, refused, timed out): answered 503",
+            self.upstream_failures.clone(),
+        );
+        r.register(
+            "observed",
+            "FolderSync hierarchies and completed Syncs recorded from proxied traffic",
+            self.observed.clone(),
+        );
+        r.register(
+            "repeat_backoffs",
+            "Status 2 answers held back because the device kept Pinging without syncing",
+            self.repeat_backoffs.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    pub fn proxied(&self, command: &'static str, code: u16) {
+        self.proxy
+            .proxied
+            .get_or_create(&ProxiedLabels { command, code })
+            .inc();
+    }
+
+    pub fn observed(&self, what: &'static str) {
+        self.proxy
+            .observed
+            .get_or_create(&ObservedLabels { what })
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -64,8 +126,10 @@ impl Metrics {
             nats_reconnects: Counter::default(),
             evictions_sent: Counter::default(),
             history: Default::default(),
+            proxy: ProxyMetrics::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_frontend");
+        metrics.proxy.register(r);
         r.register(
             "tls_reloads",
             "TLS certificate reloads by result",

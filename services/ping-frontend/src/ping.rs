@@ -27,6 +27,18 @@ use crate::Shared;
 /// watcher never hides a parked Ping from a wake.
 const OWNER_GRACE: Duration = Duration::from_secs(30);
 
+/// Proxy mode: Status 2 answers in a row without a Sync before the next one is held back.
+/// Exchange answers a second Ping with no Sync between with Status 2 again; a device that
+/// never syncs must not make that a tight loop (I2).
+const REPEATS_BEFORE_BACKOFF: u32 = 3;
+
+/// How long the next report is held back after `repeats` unsynced ones: 10 s, doubling, at
+/// most 5 minutes (and never past the heartbeat, I4).
+fn backoff(repeats: u32) -> Duration {
+    let doublings = repeats.saturating_sub(REPEATS_BEFORE_BACKOFF).min(5);
+    Duration::from_secs(10 << doublings).min(Duration::from_secs(300))
+}
+
 /// Who is pinging, and what the history row needs, from request to answer.
 pub struct Context {
     mailbox: String,
@@ -103,6 +115,9 @@ pub struct Waiting {
     owner: Owner,
     heartbeat: u32,
     folders: Vec<PingFolder>,
+    /// Proxy mode: news held back by the repeat backoff, reported at `report_at`.
+    pending: Vec<FolderVersion>,
+    report_at: Option<Instant>,
 }
 
 /// Removes the Ping from the pod's index however it ends.
@@ -187,6 +202,8 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
         owner,
         heartbeat: 0,
         folders: Vec::new(),
+        pending: Vec::new(),
+        report_at: None,
     };
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
@@ -196,6 +213,7 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
         &waiting.owner,
         ping,
         dp_runtime::now_ms(),
+        shared.mode(),
     );
     let changed = match tokio::time::timeout(shared.config.redis_timeout, claimed).await {
         Ok(Ok(Claim::MissingParameters)) => {
@@ -204,11 +222,21 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
                 Finished::new(PingResponse::missing_parameters(), "rejected"),
             )
         }
+        Ok(Ok(Claim::HierarchyChanged { previous })) => {
+            if let Some(previous) = previous {
+                let (key, id) = (&waiting.context.key, waiting.context.request_id);
+                evict(shared, key, &previous, id).await;
+            }
+            tracing::info!(mailbox = %waiting.context.mailbox, device = %waiting.context.device_id, "Ping names a folder outside the device's hierarchy: Status 7");
+            let answer = PingResponse::folder_sync_required();
+            return answer_now(waiting, Finished::new(answer, "hierarchy"));
+        }
         Ok(Ok(Claim::Claimed {
             previous,
             heartbeat,
             folders,
             changed,
+            repeats,
         })) => {
             if let Some(previous) = previous {
                 evict(
@@ -222,6 +250,14 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
             // A cached heartbeat may predate today's limits.
             waiting.heartbeat = heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat);
             waiting.folders = folders;
+            if repeats >= REPEATS_BEFORE_BACKOFF && !changed.is_empty() {
+                // Parked with the news, to be told at the backoff or with newer news.
+                shared.metrics.proxy.repeat_backoffs.inc();
+                let delay = backoff(repeats).min(Duration::from_secs(waiting.heartbeat.into()));
+                waiting.report_at = Some(waiting.context.started + delay);
+                waiting.pending = changed;
+                return Started::Parked(waiting);
+            }
             changed
         }
         Ok(Err(err)) => {
@@ -295,6 +331,9 @@ pub async fn wait<S: Transport>(
     };
     loop {
         tokio::select! {
+            // In order: news first, and news held back before the heartbeat's "nothing new"
+            // when both fall due together.
+            biased;
             signals = waiting.slot.next() => {
                 if let Some(end) = signals.end {
                     let outcome = match end {
@@ -304,6 +343,9 @@ pub async fn wait<S: Transport>(
                     return Ok(ended(PingResponse::expired(), outcome));
                 }
                 let mut news = monitored(&waiting.folders, signals.changes);
+                if !news.is_empty() {
+                    news.extend(waiting.pending.iter().cloned());
+                }
                 if signals.recheck {
                     match Box::pin(recheck(waiting)).await {
                         Some(Check::Superseded) => return Ok(ended(PingResponse::expired(), "superseded")),
@@ -317,6 +359,11 @@ pub async fn wait<S: Transport>(
                     finished.traceparent = signals.traceparent;
                     return Ok(finished);
                 }
+            }
+            _ = tokio::time::sleep_until(waiting.report_at.unwrap_or(deadline)), if waiting.report_at.is_some() => {
+                let mut finished = Finished::changes(waiting.pending.clone(), None);
+                finished.heartbeat = Some(waiting.heartbeat);
+                return Ok(finished);
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
             () = stream.closed(buf, max_pipelined) => return Err(ClientGone),
@@ -448,21 +495,40 @@ async fn answer<S: Transport>(
     if finished.reported.is_empty() {
         return Ok(());
     }
+    acknowledge(shared, context, finished).await;
+    Ok(())
+}
+
+/// After a Status 2 is written. Standalone: what it reported stands, unless the device comes
+/// back later than that Ping's heartbeat would have run out (see [`dp_keyspace::Store::ack`]).
+/// Proxy: nothing stands until the device syncs; the answer is only counted.
+async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
     let mut redis = shared.redis.clone();
     let device = context.device();
-    // When this Ping's heartbeat would have run out: a device that comes back sooner heard us.
-    let until_ms = context.started_at.timestamp_millis().max(0) as u64
-        + u64::from(finished.heartbeat.unwrap_or(0)) * 1000;
-    let ack = shared
-        .store
-        .ack(&mut redis, device, &finished.reported, until_ms);
-    if !matches!(
-        tokio::time::timeout(shared.config.redis_timeout, ack).await,
-        Ok(Ok(()))
-    ) {
+    let done = match shared.mode() {
+        dp_keyspace::Mode::Standalone => {
+            // When this Ping's heartbeat would have run out: a device back sooner heard us.
+            let until_ms = context.started_at.timestamp_millis().max(0) as u64
+                + u64::from(finished.heartbeat.unwrap_or(0)) * 1000;
+            let ack = shared
+                .store
+                .ack(&mut redis, device, &finished.reported, until_ms);
+            tokio::time::timeout(shared.config.redis_timeout, ack)
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+        dp_keyspace::Mode::Proxy => {
+            let counted = shared
+                .store
+                .reported(&mut redis, device, &finished.reported);
+            tokio::time::timeout(shared.config.redis_timeout, counted)
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
+    };
+    if !done {
         // Not acknowledged means the device hears of it again: a duplicate, never a loss.
         shared.metrics.redis_errors.inc();
-        tracing::warn!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not acknowledged in Redis; the device will hear of it again");
+        tracing::warn!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not recorded in Redis; the device will hear of it again");
     }
-    Ok(())
 }

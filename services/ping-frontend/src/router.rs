@@ -1,15 +1,17 @@
-//! The whole router on one page: which request gets which answer.
+//! The whole router on one page: which request gets which answer. Only the head has been read
+//! when a request arrives here: a Ping's body is read once the Ping is authenticated, a
+//! forwarded body streams to the upstream.
 
 use std::sync::Arc;
 
-use crate::transport::Transport;
 use dp_proto::query::{Command, EasRequest, QueryError};
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::AuthError;
-use crate::http::request::{Method, Request};
+use crate::http::request::{self, Framing, Method, Request};
 use crate::http::response;
 use crate::ping::{self, Started};
+use crate::transport::Transport;
 use crate::Shared;
 
 const EAS_PATH: &str = "/Microsoft-Server-ActiveSync";
@@ -25,119 +27,192 @@ pub enum Routed {
     Ping(Started),
 }
 
-/// Answers one request, or starts its Ping.
-pub async fn handle<S: Transport>(
-    shared: &Arc<Shared>,
-    stream: &mut S,
-    request: Request,
-    peer: std::net::IpAddr,
-) -> std::io::Result<Routed> {
-    if !request.path.eq_ignore_ascii_case(EAS_PATH) {
-        return refuse(shared, stream, 404, "not an ActiveSync path", &[]).await;
-    }
-    match request.method {
-        Method::Options => {
-            shared.count_http(200);
-            stream.write_all(&response::options()).await?;
-            Ok(Routed::Done(request.keep_alive))
-        }
-        Method::Other => {
-            let allow = [("Allow", "OPTIONS,POST".to_owned())];
-            refuse(shared, stream, 405, "use OPTIONS or POST", &allow).await
-        }
-        Method::Post => post(shared, stream, request, peer).await,
-    }
+/// One request's connection: the stream, the bytes read past the head, and the peer.
+pub struct Exchange<'a, S> {
+    pub shared: &'a Arc<Shared>,
+    pub stream: &'a mut S,
+    pub buf: &'a mut Vec<u8>,
+    pub peer: std::net::IpAddr,
 }
 
-async fn post<S: Transport>(
-    shared: &Arc<Shared>,
-    stream: &mut S,
-    request: Request,
-    peer: std::net::IpAddr,
+/// Answers one request, or starts its Ping.
+pub async fn handle<S: Transport>(
+    mut x: Exchange<'_, S>,
+    mut request: Request,
 ) -> std::io::Result<Routed> {
-    let query = match EasRequest::parse_query(&request.query) {
-        Ok(query) => query,
-        Err(err @ QueryError::UnknownCommand(_)) => {
-            return refuse(shared, stream, 501, &err.to_string(), &[]).await
+    let proxy = x.shared.upstream.is_some();
+    if !request.path.eq_ignore_ascii_case(EAS_PATH) {
+        return refuse(&mut x, &request, 404, "not an ActiveSync path", &[]).await;
+    }
+    let query = match (request.method, proxy) {
+        (Method::Options | Method::Other, true) => return forward(x, request, None).await,
+        (Method::Options, false) => {
+            x.shared.count_http(200);
+            x.stream.write_all(&response::options()).await?;
+            return Ok(Routed::Done(request.keep_alive));
         }
-        Err(err) => {
-            tracing::info!(reason = %err, "request refused: unusable query");
-            return refuse(shared, stream, 400, &err.to_string(), &[]).await;
+        (Method::Other, false) => {
+            let allow = [("Allow", "OPTIONS,POST".to_owned())];
+            return refuse(&mut x, &request, 405, "use OPTIONS or POST", &allow).await;
         }
+        // A declared body past the Ping cap is refused from the head, before anything costs.
+        (Method::Post, false) if oversized(x.shared, &request) => {
+            let err = too_large(x.shared);
+            return refuse_unreadable(&mut x, err).await;
+        }
+        (Method::Post, _) => match EasRequest::parse_query(&request.query) {
+            Ok(query) => query,
+            // A command newer than this tier is still the upstream's to answer.
+            Err(QueryError::UnknownCommand(_)) if proxy => return forward(x, request, None).await,
+            Err(err @ QueryError::UnknownCommand(_)) => {
+                return refuse(&mut x, &request, 501, &err.to_string(), &[]).await
+            }
+            Err(err) => {
+                tracing::info!(reason = %err, "request refused: unusable query");
+                return refuse(&mut x, &request, 400, &err.to_string(), &[]).await;
+            }
+        },
     };
-    let mailbox = match shared
-        .auth
-        .authenticate(request.authorization.as_deref(), peer, &shared.metrics)
-        .await
-    {
+    if query.command != Command::Ping && proxy {
+        // The upstream authenticates what it serves.
+        return forward(x, request, Some(&query)).await;
+    }
+    if oversized(x.shared, &request) {
+        let err = too_large(x.shared);
+        return refuse_unreadable(&mut x, err).await;
+    }
+    let mailbox = match authenticate(&mut x, &request).await? {
         Ok(mailbox) => mailbox,
-        Err(AuthError::Missing | AuthError::Rejected) => {
-            let challenge = [("WWW-Authenticate", shared.auth.challenge().to_owned())];
-            return refuse(shared, stream, 401, "credentials required", &challenge).await;
-        }
-        Err(AuthError::Throttled(wait)) => {
-            shared.count_limited("auth_failures");
-            shared.count_http(503);
-            let retry = (wait.as_secs() as u32).max(1);
-            let answer = response::unavailable(retry, "too many failed logins; retry later");
-            stream.write_all(&answer).await?;
-            return Ok(Routed::Done(false));
-        }
-        Err(AuthError::Unavailable) => {
-            shared.count_http(503);
-            let answer = response::unavailable(
-                shared.config.retry_after_secs,
-                "accounts unavailable; retry later",
-            );
-            stream.write_all(&answer).await?;
-            return Ok(Routed::Done(false));
-        }
+        Err(routed) => return Ok(routed),
     };
     if let Some(user) = &query.user {
         if dp_proto::ids::canonical_mailbox(user) != mailbox {
             tracing::info!(%mailbox, "request refused: credentials are not for the User parameter");
-            return refuse(
-                shared,
-                stream,
-                403,
-                "credentials do not belong to User",
-                &[],
-            )
-            .await;
+            let message = "credentials do not belong to User";
+            return refuse(&mut x, &request, 403, message, &[]).await;
         }
     }
     if query.command != Command::Ping {
         let message = format!("{} is not served by this tier", query.command.name());
-        return refuse(shared, stream, 501, &message, &[]).await;
+        return refuse(&mut x, &request, 501, &message, &[]).await;
     }
     let device = dp_proto::ids::device_key(&mailbox, &query.device_id);
-    if let Err(wait) = shared.ping_rate.hit(&device) {
-        shared.count_limited("pings_per_device");
+    if let Err(wait) = x.shared.ping_rate.hit(&device) {
+        x.shared.count_limited("pings_per_device");
         tracing::info!(%mailbox, device = %query.device_id, "Ping refused: over the per-device rate");
-        shared.count_http(503);
-        let retry = (wait.as_secs() as u32).max(1);
-        let answer = response::unavailable(retry, "too many Pings from this device; retry later");
-        stream.write_all(&answer).await?;
-        return Ok(Routed::Done(false));
+        let message = "too many Pings from this device; retry later";
+        return unavailable(&mut x, wait.as_secs(), message).await;
+    }
+    let (sizes, timeout) = (x.shared.config.sizes, x.shared.config.header_timeout);
+    if let Err(err) = request::read_body(x.stream, x.buf, &mut request, sizes.body, timeout).await {
+        return refuse_unreadable(&mut x, err).await;
     }
     Ok(Routed::Ping(
-        ping::start(shared, &query, mailbox, device, &request).await,
+        ping::start(x.shared, &query, mailbox, device, &request).await,
     ))
 }
 
-/// An error answer; the connection stays open for 401, 403 and 501 (the request was read in
-/// full), and closes otherwise.
+fn oversized(shared: &Shared, request: &Request) -> bool {
+    matches!(request.framing, Framing::Length(n) if n > shared.config.sizes.body as u64)
+}
+
+fn too_large(shared: &Shared) -> request::ReadError {
+    request::ReadError::BodyTooLarge(shared.config.sizes.body)
+}
+
+/// The mailbox the credentials in the head are for, or the answer that refused them.
+async fn authenticate<S: Transport>(
+    x: &mut Exchange<'_, S>,
+    request: &Request,
+) -> std::io::Result<Result<String, Routed>> {
+    let shared = x.shared;
+    let authorization = request.authorization.as_deref();
+    let refused = match shared
+        .auth
+        .authenticate(authorization, x.peer, &shared.metrics)
+        .await
+    {
+        Ok(mailbox) => return Ok(Ok(mailbox)),
+        Err(AuthError::Missing | AuthError::Rejected) => {
+            let challenge = [("WWW-Authenticate", shared.auth.challenge().to_owned())];
+            refuse(x, request, 401, "credentials required", &challenge).await?
+        }
+        Err(AuthError::Throttled(wait)) => {
+            shared.count_limited("auth_failures");
+            let message = "too many failed logins; retry later";
+            unavailable(x, wait.as_secs(), message).await?
+        }
+        Err(AuthError::Unavailable) => {
+            let retry = shared.config.retry_after_secs.into();
+            unavailable(x, retry, "accounts unavailable; retry later").await?
+        }
+    };
+    Ok(Err(refused))
+}
+
+async fn forward<S: Transport>(
+    x: Exchange<'_, S>,
+    request: Request,
+    query: Option<&EasRequest>,
+) -> std::io::Result<Routed> {
+    let keep = crate::proxy::forward(x.shared, x.stream, x.buf, request, query, x.peer).await?;
+    Ok(Routed::Done(keep))
+}
+
+/// An error answer. The connection stays open for 401, 403, 404, 405 and 501 when the
+/// request's body is small enough to read past (it is read and dropped); otherwise it closes.
 async fn refuse<S: Transport>(
-    shared: &Shared,
-    stream: &mut S,
+    x: &mut Exchange<'_, S>,
+    request: &Request,
     code: u16,
     message: &str,
     headers: &[(&str, String)],
 ) -> std::io::Result<Routed> {
-    let keep = matches!(code, 401 | 403 | 404 | 405 | 501);
-    shared.count_http(code);
-    stream
+    let keep = matches!(code, 401 | 403 | 404 | 405 | 501) && skip_body(x, request).await;
+    x.shared.count_http(code);
+    x.stream
         .write_all(&response::error(code, message, headers, !keep))
         .await?;
     Ok(Routed::Done(keep))
+}
+
+/// Reads and drops a refused request's body, if it is small; whether that worked.
+async fn skip_body<S: Transport>(x: &mut Exchange<'_, S>, request: &Request) -> bool {
+    let (limit, timeout) = (x.shared.config.sizes.body, x.shared.config.header_timeout);
+    request::body(x.stream, x.buf, request.framing, limit, timeout)
+        .await
+        .is_ok()
+}
+
+/// A Ping body that could not be read: its status, and the connection closes.
+async fn refuse_unreadable<S: Transport>(
+    x: &mut Exchange<'_, S>,
+    err: request::ReadError,
+) -> std::io::Result<Routed> {
+    let Some((code, limit)) = err.answer() else {
+        return Ok(Routed::Done(false));
+    };
+    if let Some(limit) = limit {
+        x.shared.count_limited(limit);
+    }
+    tracing::info!(code, reason = %err, "request refused");
+    x.shared.count_http(code);
+    x.stream
+        .write_all(&response::error(code, &err.to_string(), &[], true))
+        .await?;
+    Ok(Routed::Done(false))
+}
+
+/// 503 with Retry-After (at least a second); the connection closes.
+async fn unavailable<S: Transport>(
+    x: &mut Exchange<'_, S>,
+    retry_after_secs: u64,
+    message: &str,
+) -> std::io::Result<Routed> {
+    x.shared.count_http(503);
+    let retry = u32::try_from(retry_after_secs).unwrap_or(u32::MAX).max(1);
+    x.stream
+        .write_all(&response::unavailable(retry, message))
+        .await?;
+    Ok(Routed::Done(false))
 }

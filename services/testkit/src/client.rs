@@ -54,18 +54,25 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
                     )
                 })
                 .collect();
-            let length: usize = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < head + length {
-                if stream.read_buf(buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+            buf.drain(..head);
+            let chunked = headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+            });
+            let body = if chunked {
+                read_chunked(stream, buf).await?
+            } else {
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < length {
+                    if stream.read_buf(buf).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
                 }
-            }
-            let body = buf[head..head + length].to_vec();
-            buf.drain(..head + length);
+                buf.drain(..length).collect()
+            };
             return Ok(HttpResponse {
                 status,
                 headers,
@@ -74,6 +81,38 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// A chunked body, de-chunked.
+async fn read_chunked<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let size = loop {
+            if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..at]).into_owned();
+                buf.drain(..at + 2);
+                break usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::other("bad chunk size"))?;
+            }
+            if stream.read_buf(buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        while buf.len() < size + 2 {
+            if stream.read_buf(buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+        if size == 0 {
+            // No trailers are sent by the frontend: the last chunk ends the body.
+            return Ok(body);
         }
     }
 }
@@ -176,11 +215,11 @@ impl Device {
         self.buf.clear();
     }
 
-    fn query(&self) -> String {
+    fn query(&self, command: dp_proto::query::Command) -> String {
         if self.base64_query {
             let request = dp_proto::query::EasRequest {
                 form: dp_proto::query::QueryForm::Base64,
-                command: dp_proto::query::Command::Ping,
+                command,
                 user: None,
                 device_id: self.device_id.clone(),
                 device_type: "SmartPhone".into(),
@@ -192,8 +231,10 @@ impl Device {
             request.to_base64().expect("encodes")
         } else {
             format!(
-                "Cmd=Ping&User={}&DeviceId={}&DeviceType=SmartPhone",
-                self.user, self.device_id
+                "Cmd={}&User={}&DeviceId={}&DeviceType=SmartPhone",
+                command.name(),
+                self.user,
+                self.device_id
             )
         }
     }
@@ -206,6 +247,22 @@ impl Device {
 
     /// The bytes of a Ping request carrying `body` as it is, valid or not.
     pub fn ping_request_with(&self, body: &[u8]) -> Vec<u8> {
+        self.request(dp_proto::query::Command::Ping, body, "")
+    }
+
+    /// Sends any command with `body` (and `extra` header lines, each ending in CRLF).
+    pub async fn command(
+        &mut self,
+        command: dp_proto::query::Command,
+        body: &[u8],
+        extra: &str,
+    ) -> std::io::Result<HttpResponse> {
+        let request = self.request(command, body, extra);
+        self.send(&request).await
+    }
+
+    /// The bytes of a request for `command` carrying `body`, with `extra` header lines.
+    pub fn request(&self, command: dp_proto::query::Command, body: &[u8], extra: &str) -> Vec<u8> {
         let authorization = match &self.bearer {
             Some(token) => format!("Bearer {token}"),
             None => format!(
@@ -217,8 +274,8 @@ impl Device {
         let mut request = format!(
             "POST /Microsoft-Server-ActiveSync?{} HTTP/1.1\r\nHost: test\r\n\
              Authorization: {authorization}\r\nMS-ASProtocolVersion: 14.1\r\n\
-             User-Agent: dp-testkit\r\n{}Content-Length: {}\r\n\r\n",
-            self.query(),
+             User-Agent: dp-testkit\r\n{extra}{}Content-Length: {}\r\n\r\n",
+            self.query(command),
             if body.is_empty() {
                 ""
             } else {

@@ -10,6 +10,7 @@ pub mod env;
 pub mod proxy;
 pub mod services;
 pub mod tls;
+pub mod upstream;
 
 use std::future::Future;
 use std::time::Duration;

@@ -57,7 +57,14 @@ async fn broken_requests_get_clear_answers_and_harm_no_one() {
         ("Content-Length not a number", ping(device_query, "Content-Length: abc\r\n", b""), 400),
         ("conflicting Content-Length", ping(device_query, "Content-Length: 5\r\n", b""), 400),
         ("body too large", format!("POST /Microsoft-Server-ActiveSync?{device_query} HTTP/1.1\r\nContent-Length: 100000\r\n\r\n").into_bytes(), 413),
-        ("chunked body", ping(device_query, "Transfer-Encoding: chunked\r\n", b""), 411),
+        // Both framings at once is how requests are smuggled past proxies.
+        ("Content-Length and chunked", ping(device_query, "Transfer-Encoding: chunked\r\n", b""), 400),
+        ("Content-Length with a sign", ping(device_query, "Content-Length: +0\r\n", b""), 400),
+        (
+            "chunked Ping body",
+            format!("POST /Microsoft-Server-ActiveSync?{device_query} HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes(),
+            411,
+        ),
         ("invalid base64 query", ping("!!notbase64!!", "", b""), 400),
         ("base64 lengths past the end", ping("jRIJBAp2MTQw", "", b""), 400),
         ("invalid UTF-8 in the query", ping("Cmd=Ping&User=victim&DeviceId=%FF%FE&DeviceType=t", "", b""), 400),

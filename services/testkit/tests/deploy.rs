@@ -292,6 +292,8 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
         render(&[
             token,
             "frontend.auth.jwksConfigMap=keys",
+            "frontend.upstreamCaConfigMap=upstream-ca",
+            "frontend.config.UPSTREAM_URL=https://mail.example.com/Microsoft-Server-ActiveSync",
             "ingress.enabled=true",
             "metrics.serviceMonitor.enabled=true",
         ]),

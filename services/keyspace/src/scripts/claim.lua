@@ -1,12 +1,14 @@
 -- claim: run by the frontend on every Ping, atomically.
 -- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device),
---       5 unconfirmed (this device)
+--       5 unconfirmed (this device), 6 folders (this device), 7 sync state (this device)
 -- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
 --       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
---       6 now (ms), 7.. folder id, class, id, class, ...
+--       6 now (ms), 7 mode ('proxy': acknowledged by Sync; 'standalone': by the answer),
+--       8.. folder id, class, id, class, ...
 -- Returns {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
--- else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or '',
---       changed id, version, changed id, version, ...}.
+-- {'hierarchy', previous owner or ''} when a folder is not in the device's known hierarchy
+-- (Status 7); else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or
+-- '', Status 2 answers since the last Sync ('0' when a change is fresh), changed id, version, changed id, version, ...}.
 local ttl = tonumber(ARGV[3])
 local heartbeat = tonumber(ARGV[4])
 local count = tonumber(ARGV[5])
@@ -14,7 +16,7 @@ local folders = nil
 if count >= 0 then
   folders = {}
   for i = 0, count - 1 do
-    folders[#folders + 1] = {ARGV[7 + 2 * i], ARGV[8 + 2 * i]}
+    folders[#folders + 1] = {ARGV[8 + 2 * i], ARGV[9 + 2 * i]}
   end
 end
 local from_body = heartbeat ~= nil or folders ~= nil
@@ -44,11 +46,24 @@ end
 local previous = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ttl)
+-- A hierarchy learned from FolderSync (proxy mode) that lacks a pinged folder: the device's
+-- view is out of date, and FolderSync will tell it (and us) what changed.
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  for _, folder in ipairs(folders) do
+    if redis.call('HEXISTS', KEYS[6], folder[1]) == 0 then
+      return {'hierarchy', previous}
+    end
+  end
+end
+local proxy = ARGV[7] == 'proxy'
 -- The last Status 2 stands if the device came back before that Ping's heartbeat ran out: only
 -- an answer brings a device back early. Coming back later, it may have waited out a connection
 -- a carrier dropped silently, the answer with it: report those folders again (a duplicate at
 -- worst, never a loss).
-local unconfirmed = redis.call('HGETALL', KEYS[5])
+local unconfirmed = {}
+if not proxy then
+  unconfirmed = redis.call('HGETALL', KEYS[5])
+end
 if #unconfirmed > 0 then
   local until_ms, restore = nil, {}
   for i = 1, #unconfirmed, 2 do
@@ -64,9 +79,23 @@ if #unconfirmed > 0 then
   end
   redis.call('DEL', KEYS[5])
 end
-local out = {'ok', previous, cached_heartbeat, cached_folders}
+local repeats = '0'
+if proxy then
+  repeats = redis.call('HGET', KEYS[7], 'r') or '0'
+end
+local out = {'ok', previous, cached_heartbeat, cached_folders, repeats}
 for _, folder in ipairs(folders) do
   news(KEYS[1], KEYS[3], folder[1], out)
+end
+if proxy then
+  -- Repeats count only while every folder reported is one already told at this version: a
+  -- fresh change is answered at once, however often the device skipped its Sync.
+  for i = 6, #out, 2 do
+    if redis.call('HGET', KEYS[7], 'p:' .. out[i]) ~= out[i + 1] then
+      out[5] = '0'
+      break
+    end
+  end
 end
 redis.call('EXPIRE', KEYS[3], ttl)
 if redis.call('EXISTS', KEYS[1]) == 1 then

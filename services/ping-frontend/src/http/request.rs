@@ -29,7 +29,17 @@ pub enum Method {
     Other,
 }
 
-/// The parts of a request the frontend uses.
+/// How the request's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` (0 when absent).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: only pass-through streams it.
+    Chunked,
+}
+
+/// The parts of a request the frontend uses. The head is read and routed before any body byte:
+/// a Ping's body is then read whole (it is small and capped), a pass-through body is streamed.
 #[derive(Debug)]
 pub struct Request {
     pub method: Method,
@@ -39,7 +49,44 @@ pub struct Request {
     pub protocol_version: Option<String>,
     pub user_agent: Option<String>,
     pub keep_alive: bool,
+    pub framing: Framing,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before its body.
+    pub expect_continue: bool,
+    /// The head as received, for forwarding its headers.
+    pub head: Vec<u8>,
+    /// Filled by [`read_body`].
     pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The method and every header of the head, as received (name, value).
+    pub fn parts(&self) -> (&str, Vec<(&str, &[u8])>) {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        // The head parsed once already; it parses again the same.
+        if parsed.parse(&self.head).is_err() {
+            return ("POST", Vec::new());
+        }
+        let method = parsed.method.unwrap_or("POST");
+        (
+            method,
+            parsed.headers.iter().map(|h| (h.name, h.value)).collect(),
+        )
+    }
+
+    /// The values of one header, joined by commas.
+    pub fn headers_of(&self, name: &str) -> Vec<u8> {
+        let mut value = Vec::new();
+        for (n, v) in self.parts().1 {
+            if n.eq_ignore_ascii_case(name) {
+                if !value.is_empty() {
+                    value.push(b',');
+                }
+                value.extend_from_slice(v);
+            }
+        }
+        value
+    }
 }
 
 /// Why no request could be read; each maps to one answer.
@@ -58,15 +105,30 @@ pub enum ReadError {
     BodyTooLarge(usize),
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("chunked request bodies are not accepted; send Content-Length")]
+    #[error("chunked request bodies are not accepted here; send Content-Length")]
     Chunked,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// Reads one request. `buf` carries bytes read past the previous request (pipelining) and is
-/// left holding bytes past this one.
-pub async fn read<S: AsyncRead + Unpin>(
+impl ReadError {
+    /// The HTTP status that answers it, and the limit it counts against, if any; `None` when
+    /// the connection is simply over.
+    pub fn answer(&self) -> Option<(u16, Option<&'static str>)> {
+        Some(match self {
+            ReadError::Closed | ReadError::Idle | ReadError::Io(_) => return None,
+            ReadError::Slow => (408, Some("header_time")),
+            ReadError::HeadTooLarge(_) => (431, Some("head_size")),
+            ReadError::BodyTooLarge(_) => (413, Some("body_size")),
+            ReadError::Chunked => (411, None),
+            ReadError::Malformed(_) => (400, None),
+        })
+    }
+}
+
+/// Reads one request head. `buf` carries bytes read past the previous request (pipelining) and
+/// is left holding the bytes past the head: the start of the body, or the next request.
+pub async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     idle: Duration,
@@ -89,6 +151,54 @@ pub async fn read<S: AsyncRead + Unpin>(
         .unwrap_or(Err(ReadError::Slow))
 }
 
+/// Reads a whole body of at most `limit` bytes into `request.body` (a Ping's).
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    request: &mut Request,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(), ReadError> {
+    request.body = body(stream, buf, request.framing, limit, timeout).await?;
+    Ok(())
+}
+
+/// Reads a whole body of at most `limit` bytes framed by `framing`.
+pub async fn body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    framing: Framing,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    let length = match framing {
+        Framing::Chunked => return Err(ReadError::Chunked),
+        Framing::Length(n) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= limit)
+            .ok_or(ReadError::BodyTooLarge(limit))?,
+    };
+    let read = async {
+        while buf.len() < length {
+            if read_more(stream, buf).await? == 0 {
+                return Err(ReadError::Malformed(
+                    "body ends before Content-Length".into(),
+                ));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(ReadError::Slow))?;
+    let body = buf.drain(..length).collect();
+    if buf.is_empty() {
+        // Release the read buffer: a parked connection should hold no buffer at all.
+        *buf = Vec::new();
+    }
+    Ok(body)
+}
+
 async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -103,20 +213,9 @@ async fn read_rest<S: AsyncRead + Unpin>(
     limits: SizeLimits,
 ) -> Result<Request, ReadError> {
     loop {
-        if let Some((head_len, mut request, content_length)) = parse_head(buf, limits)? {
-            buf.drain(..head_len);
-            while buf.len() < content_length {
-                if read_more(stream, buf).await? == 0 {
-                    return Err(ReadError::Malformed(
-                        "body ends before Content-Length".into(),
-                    ));
-                }
-            }
-            request.body = buf.drain(..content_length).collect();
-            if buf.is_empty() {
-                // Release the read buffer: a parked connection should hold no buffer at all.
-                *buf = Vec::new();
-            }
+        if let Some((head_len, mut request)) = parse_head(buf, limits)? {
+            let rest = buf.split_off(head_len);
+            request.head = std::mem::replace(buf, rest);
             return Ok(request);
         }
         if buf.len() >= limits.head {
@@ -130,11 +229,20 @@ async fn read_rest<S: AsyncRead + Unpin>(
     }
 }
 
+/// `Content-Length` as RFC 9110 has it: digits only (no sign, no spaces inside).
+fn content_length(value: &str) -> Result<u64, ReadError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ReadError::Malformed(
+            "Content-Length is not a number".into(),
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| ReadError::Malformed("Content-Length is too large".into()))
+}
+
 /// Parses a complete head, or says more bytes are needed (`None`).
-pub fn parse_head(
-    buf: &[u8],
-    limits: SizeLimits,
-) -> Result<Option<(usize, Request, usize)>, ReadError> {
+pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Request)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
@@ -165,9 +273,13 @@ pub fn parse_head(
         protocol_version: None,
         user_agent: None,
         keep_alive: parsed.version == Some(1),
+        framing: Framing::Length(0),
+        expect_continue: false,
+        head: Vec::new(),
         body: Vec::new(),
     };
-    let mut content_length: Option<usize> = None;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
     for header in parsed.headers.iter() {
         let value = || {
             std::str::from_utf8(header.value)
@@ -176,23 +288,28 @@ pub fn parse_head(
         };
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let length: usize = value()?
-                .parse()
-                .map_err(|_| ReadError::Malformed("Content-Length is not a number".into()))?;
-            if content_length.is_some_and(|previous| previous != length) {
+            let n = content_length(&value()?)?;
+            if length.is_some_and(|previous| previous != n) {
                 return Err(ReadError::Malformed(
                     "conflicting Content-Length headers".into(),
                 ));
             }
-            content_length = Some(length);
+            length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ReadError::Chunked);
+            if !value()?.eq_ignore_ascii_case("chunked") {
+                return Err(ReadError::Malformed(
+                    "Transfer-Encoding other than chunked".into(),
+                ));
+            }
+            chunked = true;
         } else if name.eq_ignore_ascii_case("authorization") {
             request.authorization = Some(value()?);
         } else if name.eq_ignore_ascii_case("ms-asprotocolversion") {
             request.protocol_version = Some(value()?);
         } else if name.eq_ignore_ascii_case("user-agent") {
             request.user_agent = Some(value()?);
+        } else if name.eq_ignore_ascii_case("expect") {
+            request.expect_continue = value()?.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             let v = value()?.to_ascii_lowercase();
             if v.contains("close") {
@@ -202,11 +319,17 @@ pub fn parse_head(
             }
         }
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > limits.body {
-        return Err(ReadError::BodyTooLarge(limits.body));
-    }
-    Ok(Some((head_len, request, content_length)))
+    request.framing = match (chunked, length) {
+        // Both framings at once is how requests are smuggled past proxies.
+        (true, Some(_)) => {
+            return Err(ReadError::Malformed(
+                "both Content-Length and Transfer-Encoding".into(),
+            ))
+        }
+        (true, None) => Framing::Chunked,
+        (false, n) => Framing::Length(n.unwrap_or(0)),
+    };
+    Ok(Some((head_len, request)))
 }
 
 #[cfg(test)]
@@ -217,10 +340,11 @@ mod tests {
     fn parses_a_ping_head() {
         let raw = b"POST /Microsoft-Server-ActiveSync?Cmd=Ping&User=a HTTP/1.1\r\nHost: x\r\n\
             Authorization: Basic YTpi\r\nMS-ASProtocolVersion: 14.1\r\nContent-Length: 3\r\n\r\nabc";
-        let (len, request, body) = parse_head(raw, SizeLimits::default())
+        let (len, request) = parse_head(raw, SizeLimits::default())
             .expect("valid")
             .expect("complete");
-        assert_eq!((len, body), (raw.len() - 3, 3));
+        assert_eq!(len, raw.len() - 3);
+        assert_eq!(request.framing, Framing::Length(3));
         assert_eq!(request.method, Method::Post);
         assert_eq!(request.path, "/Microsoft-Server-ActiveSync");
         assert_eq!(request.query, "Cmd=Ping&User=a");
@@ -236,15 +360,24 @@ mod tests {
                 .is_none()
         );
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(
-            parse_head(chunked, SizeLimits::default()),
-            Err(ReadError::Chunked)
-        ));
-        let big = b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n";
-        assert!(matches!(
-            parse_head(big, SizeLimits::default()),
-            Err(ReadError::BodyTooLarge(_))
-        ));
+        let (_, request) = parse_head(chunked, SizeLimits::default())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(request.framing, Framing::Chunked);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_head(bad, SizeLimits::default()),
+                    Err(ReadError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         let conflict = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert!(matches!(
             parse_head(conflict, SizeLimits::default()),
