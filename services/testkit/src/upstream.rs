@@ -229,21 +229,31 @@ async fn read_request(
     if received.chunked {
         read_chunked(stream, buf, &mut sink).await?;
     } else {
-        let mut left = length.unwrap_or(0);
-        while left > 0 {
-            if buf.is_empty() {
-                fill(stream, buf).await?;
-            }
-            let n = left.min(buf.len());
-            sink.take(&buf[..n]);
-            buf.drain(..n);
-            left -= n;
-        }
+        copy(stream, buf, &mut sink, length.unwrap_or(0)).await?;
     }
     received.body_len = sink.len;
     received.body_sha256 = sink.hash.finalize().into();
     received.body = sink.kept;
     Ok(Some(received))
+}
+
+/// Hands the next `left` body bytes to `sink`.
+async fn copy(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    sink: &mut Sink,
+    mut left: usize,
+) -> std::io::Result<()> {
+    while left > 0 {
+        if buf.is_empty() {
+            fill(stream, buf).await?;
+        }
+        let n = left.min(buf.len());
+        sink.take(&buf[..n]);
+        buf.drain(..n);
+        left -= n;
+    }
+    Ok(())
 }
 
 async fn line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<String> {
@@ -270,16 +280,7 @@ async fn read_chunked(
             while !line(stream, buf).await?.is_empty() {}
             return Ok(());
         }
-        let mut left = size;
-        while left > 0 {
-            if buf.is_empty() {
-                fill(stream, buf).await?;
-            }
-            let n = left.min(buf.len());
-            sink.take(&buf[..n]);
-            buf.drain(..n);
-            left -= n;
-        }
+        copy(stream, buf, sink, size).await?;
         line(stream, buf).await?;
     }
 }

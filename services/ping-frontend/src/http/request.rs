@@ -73,20 +73,6 @@ impl Request {
             parsed.headers.iter().map(|h| (h.name, h.value)).collect(),
         )
     }
-
-    /// The values of one header, joined by commas.
-    pub fn headers_of(&self, name: &str) -> Vec<u8> {
-        let mut value = Vec::new();
-        for (n, v) in self.parts().1 {
-            if n.eq_ignore_ascii_case(name) {
-                if !value.is_empty() {
-                    value.push(b',');
-                }
-                value.extend_from_slice(v);
-            }
-        }
-        value
-    }
 }
 
 /// Why no request could be read; each maps to one answer.

@@ -71,7 +71,10 @@ pub async fn forward<S: Transport>(
         return Ok(false);
     }
     let mut learning = learning(shared, &request, query).await;
-    let gzip_request = has_gzip(&request.headers_of("content-encoding"));
+    let gzip_request = has_gzip(&headers::joined(
+        "content-encoding",
+        request.parts().1.into_iter(),
+    ));
     let mut request_tap = learning
         .as_ref()
         .and_then(|l| Tap::new(l.command, gzip_request));
@@ -243,7 +246,7 @@ fn outgoing_headers(
     peer: IpAddr,
 ) -> (reqwest::Method, reqwest::header::HeaderMap) {
     let (method, incoming) = request.parts();
-    let connection = headers::connection(incoming.iter().copied());
+    let connection = headers::joined("connection", incoming.iter().copied());
     let mut out = reqwest::header::HeaderMap::with_capacity(incoming.len() + 2);
     let mut forwarded_for = None;
     for (name, value) in incoming {
@@ -355,12 +358,8 @@ async fn stream_answer<S: Transport>(
 }
 
 fn joined(headers: &reqwest::header::HeaderMap, name: &str) -> Vec<u8> {
-    headers::connection(
-        headers
-            .get_all(name)
-            .iter()
-            .map(|v| ("connection", v.as_bytes())),
-    )
+    let values = headers.get_all(name).iter().map(|v| (name, v.as_bytes()));
+    headers::joined(name, values)
 }
 
 fn has_gzip(value: &[u8]) -> bool {

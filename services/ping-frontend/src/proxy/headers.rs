@@ -30,11 +30,11 @@ pub fn crosses(name: &str, connection: &[u8]) -> bool {
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(lower.as_bytes()))
 }
 
-/// The value of the `Connection` header among `headers`.
-pub fn connection<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+/// The values of the header `wanted` among `headers`, joined by commas.
+pub fn joined<'a>(wanted: &str, headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
     let mut value = Vec::new();
     for (name, v) in headers {
-        if name.eq_ignore_ascii_case("connection") {
+        if name.eq_ignore_ascii_case(wanted) {
             if !value.is_empty() {
                 value.push(b',');
             }
