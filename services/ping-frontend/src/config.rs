@@ -81,7 +81,8 @@ pub struct FrontendArgs {
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
-    /// `local` (Basic credentials against the accounts table) or `jwt` (bearer tokens).
+    /// `local` (Basic credentials against the accounts table), `jwt` (bearer tokens), or
+    /// `upstream` (proxy mode: credentials the upstream ActiveSync server accepted).
     #[arg(long, env = "AUTH_MODE", default_value = "local")]
     pub auth_mode: String,
     /// HS256 secret of the bearer tokens (at least 32 bytes).
@@ -162,8 +163,10 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
     pub auth_failures_per_account: u32,
-    /// `None`: local accounts; `Some`: bearer tokens.
+    /// `None`: local accounts (or the upstream's word); `Some`: bearer tokens.
     pub jwt: Option<crate::jwt::JwtSettings>,
+    /// `AUTH_MODE=upstream`: a Ping's credentials are those the upstream vouched for.
+    pub upstream_auth: bool,
     pub history: dp_db::history::WriterConfig,
     pub migrate_on_start: bool,
     pub drain_delay: Duration,
@@ -218,7 +221,7 @@ impl FrontendArgs {
             _ => return Err(ConfigError::new("TLS_CERT/TLS_KEY", "set both, or neither")),
         };
         let jwt = match self.auth_mode.as_str() {
-            "local" => None,
+            "local" | "upstream" => None,
             "jwt" => Some(
                 crate::jwt::JwtSettings::new(
                     self.jwt_secret.as_deref(),
@@ -233,10 +236,18 @@ impl FrontendArgs {
             other => {
                 return Err(ConfigError::new(
                     "AUTH_MODE",
-                    format!("{other:?} is neither local nor jwt"),
+                    format!("{other:?} is not local, jwt or upstream"),
                 ))
             }
         };
+        let upstream = self.upstream.check()?;
+        let upstream_auth = self.auth_mode == "upstream";
+        if upstream_auth && upstream.is_none() {
+            return Err(ConfigError::new(
+                "AUTH_MODE=upstream",
+                "needs UPSTREAM_URL: the upstream is what vouches for credentials",
+            ));
+        }
         Ok(Config {
             common,
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
@@ -277,7 +288,8 @@ impl FrontendArgs {
             migrate_on_start: self.migrate_on_start,
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             drain: Duration::from_secs(self.drain_secs),
-            upstream: self.upstream.check()?,
+            upstream_auth,
+            upstream,
         })
     }
 }

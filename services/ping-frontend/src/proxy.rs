@@ -9,6 +9,7 @@ mod body;
 mod forward;
 mod headers;
 mod observe;
+pub mod vouch;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -81,7 +81,7 @@ pub async fn handle<S: Transport>(
         let err = too_large(x.shared);
         return refuse_unreadable(&mut x, err).await;
     }
-    let mailbox = match authenticate(&mut x, &request).await? {
+    let mailbox = match authenticate(&mut x, &request, &query).await? {
         Ok(mailbox) => mailbox,
         Err(routed) => return Ok(routed),
     };
@@ -124,8 +124,12 @@ fn too_large(shared: &Shared) -> request::ReadError {
 async fn authenticate<S: Transport>(
     x: &mut Exchange<'_, S>,
     request: &Request,
+    query: &EasRequest,
 ) -> std::io::Result<Result<String, Routed>> {
     let shared = x.shared;
+    if shared.config.upstream_auth {
+        return vouched(x, request, query).await;
+    }
     let authorization = request.authorization.as_deref();
     let refused = match shared
         .auth
@@ -145,6 +149,28 @@ async fn authenticate<S: Transport>(
         Err(AuthError::Unavailable) => {
             let retry = shared.config.retry_after_secs.into();
             unavailable(x, retry, "accounts unavailable; retry later").await?
+        }
+    };
+    Ok(Err(refused))
+}
+
+/// `AUTH_MODE=upstream`: the upstream's word on the credentials, its refusal passed on as it is.
+async fn vouched<S: Transport>(
+    x: &mut Exchange<'_, S>,
+    request: &Request,
+    query: &EasRequest,
+) -> std::io::Result<Result<String, Routed>> {
+    use crate::proxy::vouch::Verdict;
+    let refused = match crate::proxy::vouch::authenticate(x.shared, request, query).await {
+        Verdict::Accepted(mailbox) => return Ok(Ok(mailbox)),
+        Verdict::Refused { status, headers } => {
+            let message = "the ActiveSync server refused these credentials";
+            refuse(x, request, status, message, &headers).await?
+        }
+        Verdict::Unavailable(reason) => {
+            tracing::warn!(%reason, "credentials not checked: the ActiveSync server is unavailable");
+            let retry = x.shared.config.retry_after_secs.into();
+            unavailable(x, retry, "credentials cannot be checked now; retry later").await?
         }
     };
     Ok(Err(refused))

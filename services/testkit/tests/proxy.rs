@@ -423,3 +423,85 @@ async fn an_unavailable_upstream_is_503_and_pings_go_on() {
     assert!(ntlm.text().contains("NTLM"), "{}", ntlm.text());
     env.cleanup().await;
 }
+
+/// `AUTH_MODE=upstream`: no account table. Credentials the upstream never vouched for are
+/// checked once with Settings (changing nothing there), then trusted from Redis by every pod;
+/// the upstream's refusal reaches the device as it is, and a 401 on any forwarded command
+/// revokes the vouch.
+#[tokio::test]
+async fn upstream_auth_trusts_what_the_server_accepted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new().await;
+    let accepting = Arc::new(AtomicBool::new(true));
+    let open = accepting.clone();
+    let upstream = Upstream::start(move |r: &Received| {
+        let good = r.header("Authorization") == Some("Basic aGFuYTpwdw=="); // hana:pw
+        if r.query.contains("DeviceId=unprovisioned") {
+            return Answer::new(449, Vec::new());
+        }
+        if good && open.load(Ordering::SeqCst) {
+            Answer::new(200, Vec::new())
+        } else {
+            Answer::new(401, Vec::new()).header("WWW-Authenticate", "Basic realm=\"upstream\"")
+        }
+    })
+    .await;
+    let auth = [("--auth-mode", "upstream")];
+    let a = proxy_frontend(&env, "a", &upstream.url(), &auth).await;
+    let b = proxy_frontend(&env, "b", &upstream.url(), &auth).await;
+    let checks = || {
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.command() == Some("Settings"))
+            .count()
+    };
+
+    let mut phone = Device::new(a.addr, "hana", "pw", "phone");
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["inbox"])), 5 * SECOND)
+        .await;
+    assert_eq!(first.ping().status, PingStatus::Expired);
+    assert_eq!(checks(), 1, "checked once with Settings");
+    let check = upstream
+        .received()
+        .into_iter()
+        .find(|r| r.command() == Some("Settings"))
+        .expect("the check");
+    assert_eq!(check.header("Authorization"), Some("Basic aGFuYTpwdw=="));
+    assert!(!check.body.is_empty(), "a Settings body");
+    phone.move_to(b.addr);
+    let again = phone.ping_within(None, 5 * SECOND).await;
+    assert_eq!(again.ping().status, PingStatus::Expired);
+    assert_eq!(checks(), 1, "vouched, on any pod, without asking again");
+
+    let mut thief = Device::new(a.addr, "hana", "wrong", "phone");
+    let refused = thief
+        .ping_within(Some(&ping_body(1, &["inbox"])), 5 * SECOND)
+        .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.header("WWW-Authenticate"),
+        Some("Basic realm=\"upstream\"")
+    );
+
+    let mut new = Device::new(a.addr, "hana", "pw", "unprovisioned");
+    let provision = new
+        .ping_within(Some(&ping_body(1, &["inbox"])), 5 * SECOND)
+        .await;
+    assert_eq!(provision.status, 449, "the upstream's answer, as it is");
+
+    // The password changed upstream: the next forwarded command hears 401, and so does the
+    // next Ping.
+    accepting.store(false, Ordering::SeqCst);
+    let sync = phone
+        .command(Command::Sync, b"", "")
+        .await
+        .expect("answered");
+    assert_eq!(sync.status, 401);
+    let revoked = phone
+        .ping_within(Some(&ping_body(1, &["inbox"])), 5 * SECOND)
+        .await;
+    assert_eq!(revoked.status, 401, "revoked by the upstream's 401");
+    env.cleanup().await;
+}

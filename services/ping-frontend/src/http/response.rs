@@ -25,6 +25,8 @@ fn reason(code: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        449 => "Retry After Sending Provision",
+        451 => "Redirect",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Error",

@@ -131,6 +131,9 @@ pub async fn forward<S: Transport>(
     };
     let status = answer.status();
     shared.metrics.proxied(label, status.as_u16());
+    if let (true, Some(query)) = (shared.config.upstream_auth, query) {
+        super::vouch::record(shared, &request, query, status.as_u16()).await;
+    }
     let keep_alive = request.keep_alive && body_read && pumped.is_ok();
     let gzip_response = has_gzip(&joined(answer.headers(), "content-encoding"));
     let mut response_tap = learning
@@ -369,7 +372,7 @@ fn has_gzip(value: &[u8]) -> bool {
 }
 
 /// An error with its causes, for a log line that says why.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
