@@ -23,6 +23,9 @@ pub enum ChangeKind {
     Added,
     Modified,
     Removed,
+    /// A folder was created, deleted or renamed: the mailbox's parked Pings answer Status 7
+    /// (FolderSync first), whatever WAKE_ON says. `folders` may be empty.
+    Hierarchy,
 }
 
 /// A mailbox change, as the ingest API takes it and as it sits in the JetStream stream
@@ -72,7 +75,7 @@ impl ChangeEvent {
         if mailbox.chars().any(char::is_control) {
             return Err(ChangeError::MailboxControl);
         }
-        if self.folders.is_empty() {
+        if self.folders.is_empty() && self.kind != ChangeKind::Hierarchy {
             return Err(ChangeError::NoFolders);
         }
         if self.folders.len() > MAX_FOLDERS_PER_CHANGE {
@@ -111,6 +114,9 @@ pub struct WakeEvent {
     pub targets: Vec<WakeTarget>,
     /// The earliest acceptance time among the changes this wake carries (microseconds).
     pub accepted_at_us: u64,
+    /// The mailbox's folder hierarchy changed: the Pings answer Status 7.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hierarchy: bool,
 }
 
 /// Sent by a pod on `<ns>.pod.<pod>.evict` when a newer Ping of the device superseded the one

@@ -78,6 +78,7 @@ fn change_event() {
 #[test]
 fn wake_event() {
     let wake = WakeEvent {
+        hierarchy: false,
         mailbox: "alice@example.com".into(),
         folders: vec![FolderVersion {
             id: "5".into(),

@@ -12,7 +12,8 @@
 //! | `<ns>:{M}:ntf:<device>` | hash | folder id -> version last reported to the device |
 //! | `<ns>:{M}:prm:<device>` | string | the device's last heartbeat and folders, JSON |
 //! | `<ns>:{M}:unc:<device>` | hash | the last Status 2 not yet known heard: `_until` (ms) and folder id -> the version it replaced |
-//! | `<ns>:{M}:fld:<device>` | hash | proxy mode: the device's folders from FolderSync, ServerId -> `type\tparent\tname` |
+//! | `<ns>:{M}:hier` | string | the mailbox's hierarchy version, raised by every change of kind `hierarchy` |
+//! | `<ns>:{M}:fld:<device>` | hash | proxy mode: the device's folders from FolderSync, ServerId -> `type\tparent\tname`; the empty field holds the hierarchy version they reflect |
 //! | `<ns>:{M}:syn:<device>` | hash | proxy mode: `r` Status 2 answers since the last Sync, `p:<id>` the version last reported, `l` the last full Sync request's collections (JSON), `k:<id>` each collection's last SyncKey |
 #![forbid(unsafe_code)]
 
@@ -60,6 +61,10 @@ impl Keyspace {
 
     pub fn unconfirmed(&self, mailbox: &str, device_id: &str) -> String {
         self.mailbox(mailbox, &format!("unc:{}", token(device_id)))
+    }
+
+    pub fn hierarchy(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "hier")
     }
 
     pub fn folders(&self, mailbox: &str, device_id: &str) -> String {
@@ -222,6 +227,7 @@ impl Store {
             .key(self.keys.unconfirmed(device.mailbox, device.device_id))
             .key(self.keys.folders(device.mailbox, device.device_id))
             .key(self.keys.sync_state(device.mailbox, device.device_id))
+            .key(self.keys.hierarchy(device.mailbox))
             .arg(device.key)
             .arg(owner.encode())
             .arg(self.ttl_secs)
@@ -241,20 +247,24 @@ impl Store {
         parse_claim(reply, request)
     }
 
-    /// Increments the versions of `folders` and returns the owners of the mailbox's Pings.
+    /// Increments the versions of `folders` (and the hierarchy version when `hierarchy`) and
+    /// returns the owners of the mailbox's Pings.
     pub async fn bump<C: ConnectionLike>(
         &self,
         conn: &mut C,
         mailbox: &str,
         folders: &[String],
+        hierarchy: bool,
         now_ms: u64,
     ) -> RedisResult<Bump> {
         let mut invocation = self.scripts.bump.prepare_invoke();
         invocation
             .key(self.keys.versions(mailbox))
             .key(self.keys.owners(mailbox))
+            .key(self.keys.hierarchy(mailbox))
             .arg(now_ms)
-            .arg(self.ttl_secs);
+            .arg(self.ttl_secs)
+            .arg(if hierarchy { "1" } else { "0" });
         for folder in folders {
             invocation.arg(folder);
         }
@@ -392,20 +402,36 @@ impl Mode {
 
 /// Proxy mode: what the frontend learns from the commands it passes to the upstream.
 impl Store {
+    /// The mailbox's hierarchy version, read when a FolderSync starts.
+    pub async fn hierarchy_version<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        mailbox: &str,
+    ) -> RedisResult<u64> {
+        let version: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.hierarchy(mailbox))
+            .query_async(conn)
+            .await?;
+        Ok(version.unwrap_or(0))
+    }
+
     /// Applies a FolderSync response to the device's known hierarchy; `reset` when it is the
-    /// whole hierarchy (SyncKey 0).
+    /// whole hierarchy (SyncKey 0); `version` is the mailbox's hierarchy version read when the
+    /// FolderSync started.
     pub async fn apply_hierarchy<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
         reset: bool,
+        version: u64,
         changes: &[HierarchyChange<'_>],
     ) -> RedisResult<()> {
         let mut invocation = self.scripts.hierarchy.prepare_invoke();
         invocation
             .key(self.keys.folders(device.mailbox, device.device_id))
             .arg(if reset { "1" } else { "0" })
-            .arg(self.ttl_secs);
+            .arg(self.ttl_secs)
+            .arg(version);
         for change in changes {
             match change {
                 HierarchyChange::Put {

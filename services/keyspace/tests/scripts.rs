@@ -109,7 +109,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // Claim first, then bump: the bump names the parked Ping's owner.
     let bump = store
-        .bump(&mut conn, "alice@example.com", &["5".into()], 1)
+        .bump(&mut conn, "alice@example.com", &["5".into()], false, 1)
         .await
         .expect("bump");
     assert_eq!(
@@ -179,7 +179,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
     // written, but the device came back only after that heartbeat ran out, as one does that
     // waited out a dead connection: it may never have heard it, so it hears it again; once.
     store
-        .bump(&mut conn, "alice@example.com", &["5".into()], 1)
+        .bump(&mut conn, "alice@example.com", &["5".into()], false, 1)
         .await
         .expect("bump");
     let changed = changed_of(
@@ -254,7 +254,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // check: the owner sees news; an older owner learns it was superseded.
     store
-        .bump(&mut conn, "alice@example.com", &["6".into()], 1)
+        .bump(&mut conn, "alice@example.com", &["6".into()], false, 1)
         .await
         .expect("bump");
     let check = store
@@ -370,7 +370,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         .await
         .expect("claim");
     let bump = store
-        .bump(&mut conn, "bob", &["1".into()], 11)
+        .bump(&mut conn, "bob", &["1".into()], false, 11)
         .await
         .expect("bump");
     assert!(bump.owners.is_empty());
@@ -415,7 +415,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
         folder_type: 12,
     };
     store
-        .apply_hierarchy(&mut conn, device, true, &[put("inbox"), put("old")])
+        .apply_hierarchy(&mut conn, device, true, 0, &[put("inbox"), put("old")])
         .await
         .expect("hierarchy");
     assert!(changed_of(&claim(1, full(60, &["inbox"])).await).is_empty());
@@ -431,6 +431,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
             &mut conn,
             device,
             false,
+            0,
             &[put("new"), HierarchyChange::Delete("old")],
         )
         .await
@@ -442,7 +443,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     ));
 
     store
-        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
         .await
         .expect("bump");
     for expected_repeats in 0..3 {
@@ -462,7 +463,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     // The Sync starts, a change lands during it, then it completes.
     let start = store.sync_start(&mut conn, device).await.expect("start");
     store
-        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
         .await
         .expect("bump");
     let version = start.versions["inbox"];
@@ -497,7 +498,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     };
     assert_eq!(repeats, 2, "the same news again");
     store
-        .bump(&mut conn, "carol", &["inbox".into()], 1)
+        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
         .await
         .expect("bump");
     let Claim::Claimed {
@@ -532,5 +533,25 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
         .await
         .expect("synced");
     assert!(changed_of(&claim(7, PingRequest::default()).await).is_empty());
+
+    // A hierarchy change: Status 7 until the device's next FolderSync, which started after it.
+    store
+        .bump(&mut conn, "carol", &[], true, 1)
+        .await
+        .expect("bump");
+    assert!(matches!(
+        claim(10, PingRequest::default()).await,
+        Claim::HierarchyChanged { .. }
+    ));
+    let version = store
+        .hierarchy_version(&mut conn, "carol")
+        .await
+        .expect("version");
+    assert_eq!(version, 1);
+    store
+        .apply_hierarchy(&mut conn, device, false, version, &[])
+        .await
+        .expect("delta");
+    assert!(changed_of(&claim(11, PingRequest::default()).await).is_empty());
     cleanup(&mut conn, &store).await;
 }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use async_nats::jetstream::consumer::pull::Stream as Messages;
 use async_nats::jetstream::{AckKind, Message};
-use dp_proto::events::{ChangeEvent, WakeEvent, WakeTarget};
+use dp_proto::events::{ChangeEvent, ChangeKind, WakeEvent, WakeTarget};
 use dp_proto::ids::canonical_mailbox;
 use dp_runtime::shutdown::Drain;
 use futures::StreamExt;
@@ -23,6 +23,8 @@ use crate::Shared;
 struct Group {
     folders: BTreeSet<String>,
     wake: bool,
+    /// A folder was created, deleted or renamed: Status 7 for the mailbox's parked Pings.
+    hierarchy: bool,
     accepted_at_us: u64,
     /// The trace of the group's first change (its ingest request), continued by the dispatch.
     traceparent: Option<String>,
@@ -86,6 +88,7 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
             .or_default();
         group.folders.extend(change.folders);
         group.wake |= shared.config.wake_on.contains(&change.kind);
+        group.hierarchy |= change.kind == ChangeKind::Hierarchy;
         group.accepted_at_us = if group.messages.is_empty() {
             accepted
         } else {
@@ -161,13 +164,17 @@ async fn bump_and_wake(
 ) -> anyhow::Result<()> {
     let folders: Vec<String> = group.folders.iter().cloned().collect();
     let mut redis = redis.clone();
-    let bump = shared
-        .store
-        .bump(&mut redis, mailbox, &folders, dp_runtime::now_ms());
+    let bump = shared.store.bump(
+        &mut redis,
+        mailbox,
+        &folders,
+        group.hierarchy,
+        dp_runtime::now_ms(),
+    );
     let bump = tokio::time::timeout(Duration::from_secs(2), bump)
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
-    if !group.wake || bump.owners.is_empty() {
+    if !(group.wake || group.hierarchy) || bump.owners.is_empty() {
         return Ok(());
     }
     let mut by_pod: HashMap<String, Vec<WakeTarget>> = HashMap::new();
@@ -183,6 +190,7 @@ async fn bump_and_wake(
             folders: bump.versions.clone(),
             targets,
             accepted_at_us: group.accepted_at_us,
+            hierarchy: group.hierarchy,
         };
         let payload = serde_json::to_vec(&wake)?;
         let subject = shared.subjects.wake(&pod);

@@ -104,6 +104,9 @@ fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
             if s.traceparent.is_none() {
                 s.traceparent = traceparent.map(str::to_owned);
             }
+            if wake.hierarchy {
+                s.end = Some(End::Hierarchy);
+            }
         });
     }
 }

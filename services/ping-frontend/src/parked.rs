@@ -17,6 +17,8 @@ const SHARDS: usize = 64;
 pub enum End {
     Superseded,
     Drained,
+    /// The mailbox's folder hierarchy changed: Status 7.
+    Hierarchy,
 }
 
 /// What a parked Ping has been told since it last looked.

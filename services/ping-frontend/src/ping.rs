@@ -335,12 +335,13 @@ pub async fn wait<S: Transport>(
             // when both fall due together.
             biased;
             signals = waiting.slot.next() => {
-                if let Some(end) = signals.end {
-                    let outcome = match end {
-                        End::Superseded => "superseded",
-                        End::Drained => "drained",
-                    };
-                    return Ok(ended(PingResponse::expired(), outcome));
+                match signals.end {
+                    Some(End::Superseded) => return Ok(ended(PingResponse::expired(), "superseded")),
+                    Some(End::Drained) => return Ok(ended(PingResponse::expired(), "drained")),
+                    Some(End::Hierarchy) => {
+                        return Ok(ended(PingResponse::folder_sync_required(), "hierarchy"))
+                    }
+                    None => {}
                 }
                 let mut news = monitored(&waiting.folders, signals.changes);
                 if !news.is_empty() {

@@ -505,3 +505,57 @@ async fn upstream_auth_trusts_what_the_server_accepted() {
     assert_eq!(revoked.status, 401, "revoked by the upstream's 401");
     env.cleanup().await;
 }
+
+/// A change of kind `hierarchy` (a folder created, deleted or renamed; no folder ids needed)
+/// answers the mailbox's parked Pings with Status 7; the device's next Pings answer Status 7
+/// until it has FolderSynced through the proxy, and then park again.
+#[tokio::test]
+async fn a_hierarchy_change_answers_status_7_until_folder_sync() {
+    let env = Env::new().await;
+    env.account("ivy", "pw").await;
+    let upstream = activesync_standin().await;
+    let a = proxy_frontend(&env, "a", &upstream.url(), &[]).await;
+    let watcher = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, "ivy", "pw", "phone");
+    let answer = phone
+        .command(Command::FolderSync, &folder_sync_request("0"), "")
+        .await
+        .expect("FolderSync");
+    assert_eq!(answer.status, 200);
+
+    let parked = tokio::spawn(async move {
+        let r = phone
+            .ping_within(Some(&ping_body(30, &["inbox"])), 10 * SECOND)
+            .await;
+        (phone, r)
+    });
+    env.wait_parked("ivy", "phone", "a", None).await;
+    let change = serde_json::json!({"mailbox": "ivy", "folders": [], "kind": "hierarchy"});
+    let accepted = watcher.ingest(&env, &change).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let (mut phone, woken) = parked.await.expect("ping task");
+    assert_eq!(woken.ping().status, PingStatus::FolderSyncRequired);
+
+    let again = phone.ping_within(None, 5 * SECOND).await.ping();
+    assert_eq!(
+        again.status,
+        PingStatus::FolderSyncRequired,
+        "until FolderSync"
+    );
+    let answer = phone
+        .command(Command::FolderSync, &folder_sync_request("1"), "")
+        .await
+        .expect("FolderSync");
+    assert_eq!(answer.status, 200);
+    let quiet = PingRequest {
+        heartbeat: Some(1),
+        folders: None,
+    };
+    let settled = phone.ping_within(Some(&quiet), 5 * SECOND).await.ping();
+    assert_eq!(
+        settled.status,
+        PingStatus::Expired,
+        "the FolderSync caught up"
+    );
+    env.cleanup().await;
+}

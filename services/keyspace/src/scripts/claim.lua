@@ -1,6 +1,7 @@
 -- claim: run by the frontend on every Ping, atomically.
 -- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device),
---       5 unconfirmed (this device), 6 folders (this device), 7 sync state (this device)
+--       5 unconfirmed (this device), 6 folders (this device), 7 sync state (this device),
+--       8 the mailbox's hierarchy version
 -- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
 --       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
 --       6 now (ms), 7 mode ('proxy': acknowledged by Sync; 'standalone': by the answer),
@@ -46,9 +47,13 @@ end
 local previous = redis.call('HGET', KEYS[2], ARGV[1]) or ''
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ttl)
--- A hierarchy learned from FolderSync (proxy mode) that lacks a pinged folder: the device's
--- view is out of date, and FolderSync will tell it (and us) what changed.
-if redis.call('EXISTS', KEYS[6]) == 1 then
+-- A hierarchy learned from FolderSync (proxy mode) that lacks a pinged folder, or predates a
+-- hierarchy change: the device's view is out of date, and FolderSync will tell it (and us).
+local learned = redis.call('HGET', KEYS[6], '')
+if learned then
+  if learned ~= (redis.call('GET', KEYS[8]) or '0') then
+    return {'hierarchy', previous}
+  end
   for _, folder in ipairs(folders) do
     if redis.call('HEXISTS', KEYS[6], folder[1]) == 0 then
       return {'hierarchy', previous}

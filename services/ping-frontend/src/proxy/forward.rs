@@ -26,6 +26,8 @@ struct Learning {
     key: String,
     /// Sync: versions read before the upstream saw the request.
     start: Option<SyncStart>,
+    /// FolderSync: the mailbox's hierarchy version read before the upstream saw the request.
+    hierarchy: u64,
 }
 
 impl Learning {
@@ -184,9 +186,23 @@ async fn learning(
         device_id: query.device_id.clone(),
         mailbox,
         start: None,
+        hierarchy: 0,
     };
+    let mut redis = shared.redis.clone();
+    if query.command == Command::FolderSync {
+        let read = shared
+            .store
+            .hierarchy_version(&mut redis, &learning.mailbox);
+        match tokio::time::timeout(shared.config.redis_timeout, read).await {
+            Ok(Ok(version)) => learning.hierarchy = version,
+            _ => {
+                shared.metrics.redis_errors.inc();
+                tracing::warn!(mailbox = %learning.mailbox, device = %learning.device_id, "FolderSync passes unobserved: Redis unavailable");
+                return None;
+            }
+        }
+    }
     if query.command == Command::Sync {
-        let mut redis = shared.redis.clone();
         let start = shared.store.sync_start(&mut redis, learning.device());
         match tokio::time::timeout(shared.config.redis_timeout, start).await {
             Ok(Ok(start)) => learning.start = Some(start),
@@ -208,7 +224,8 @@ async fn learn(shared: &Shared, learning: &Learning, asked: &Read, answered: &Re
             observe::sync(shared, learning.device(), start, asked, answered).await
         }
         (_, Command::FolderSync) => {
-            observe::folder_sync(shared, learning.device(), asked, answered).await
+            let device = learning.device();
+            observe::folder_sync(shared, device, learning.hierarchy, asked, answered).await
         }
         _ => {}
     }

@@ -148,7 +148,13 @@ pub fn mailbox(authorization: Option<&str>, query: &EasRequest) -> Option<String
 }
 
 /// Records what a FolderSync taught: the device's hierarchy, afresh or as a delta.
-pub async fn folder_sync(shared: &Shared, device: Device<'_>, request: &Read, response: &Read) {
+pub async fn folder_sync(
+    shared: &Shared,
+    device: Device<'_>,
+    hierarchy: u64,
+    request: &Read,
+    response: &Read,
+) {
     let (Seen::FolderSync(asked), Seen::FolderSync(answer)) = (&request.seen, &response.seen)
     else {
         return;
@@ -170,9 +176,10 @@ pub async fn folder_sync(shared: &Shared, device: Device<'_>, request: &Read, re
         })
         .collect();
     let mut redis = shared.redis.clone();
-    let applied = shared
-        .store
-        .apply_hierarchy(&mut redis, device, asked.is_initial(), &changes);
+    let applied =
+        shared
+            .store
+            .apply_hierarchy(&mut redis, device, asked.is_initial(), hierarchy, &changes);
     settle(shared, device, "hierarchy", applied).await;
 }
 
