@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Real peers for the proxy tests: SOGo with sogo-activesync on a private Dovecot (Debian's).
+bash scripts/peers.sh start </dev/null
 cargo fmt --all -- --check
 # Plain YAML (compose, Prometheus, OpenTelemetry, Grafana, chart values); templates: helm lint.
 python3 -m yamllint --strict docker-compose.yml deploy helm/directpush/values.yaml helm/directpush/Chart.yaml

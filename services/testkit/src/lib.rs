@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod env;
+pub mod imap;
 pub mod proxy;
 pub mod services;
 pub mod tls;
