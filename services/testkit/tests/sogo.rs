@@ -128,7 +128,7 @@ async fn new_mail_in_dovecot_wakes_a_ping_parked_in_front_of_sogo() {
     let (mut phone, woken) = parked.await.expect("ping task");
     let woken = woken.ping();
     assert_eq!(woken.status, PingStatus::Changes);
-    assert_eq!(woken.folders, [inbox.clone()]);
+    assert_eq!(woken.folders, std::slice::from_ref(&inbox));
 
     // The Sync through the proxy returns it, and acknowledges the folder: the next Ping parks.
     let (_, delivered) = sync_all(&mut phone, &inbox, key).await;
