@@ -298,6 +298,16 @@ pub enum PingStatus {
     FolderSyncRequired = 7,
     /// A transient server error: retry.
     ServerError = 8,
+    /// MS-ASCMD 2.2.2 global statuses an upstream may answer any command with; a device that
+    /// only Pings hears them only if its Ping does (MS-ASPROV).
+    /// The device must wipe itself.
+    RemoteWipeRequested = 140,
+    /// The device must Provision first.
+    DeviceNotProvisioned = 142,
+    /// The device must fetch the policy again.
+    PolicyRefresh = 143,
+    /// The device's policy key is out of date.
+    InvalidPolicyKey = 144,
 }
 
 impl PingStatus {
@@ -316,6 +326,10 @@ impl PingStatus {
             TooManyFolders,
             FolderSyncRequired,
             ServerError,
+            RemoteWipeRequested,
+            DeviceNotProvisioned,
+            PolicyRefresh,
+            InvalidPolicyKey,
         ]
         .into_iter()
         .find(|s| s.code() == code)
@@ -381,6 +395,10 @@ impl PingResponse {
     /// Status 8.
     pub fn server_error() -> Self {
         Self::bare(PingStatus::ServerError)
+    }
+    /// A status with nothing else: the global ones (140, 142-144) relayed from the upstream.
+    pub fn status(status: PingStatus) -> Self {
+        Self::bare(status)
     }
 
     pub fn to_element(&self) -> Element {

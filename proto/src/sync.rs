@@ -179,6 +179,76 @@ impl Sink for Sync {
     }
 }
 
+/// GetItemEstimate (code page 6) tags.
+mod gie {
+    pub const PAGE: u8 = 6;
+    pub const GET_ITEM_ESTIMATE: u8 = 0x05;
+    pub const COLLECTIONS: u8 = 0x07;
+    pub const COLLECTION: u8 = 0x08;
+    pub const COLLECTION_ID: u8 = 0x0A;
+    pub const ESTIMATE: u8 = 0x0C;
+    pub const RESPONSE: u8 = 0x0D;
+    pub const STATUS: u8 = 0x0E;
+}
+
+/// A GetItemEstimate request for collections at their SyncKeys (the EAS 14 form: SyncKey,
+/// then CollectionId). It changes no sync state on the server: a safe probe.
+pub fn estimate_request<'a>(collections: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut list = crate::wbxml::Element::new(gie::PAGE, gie::COLLECTIONS);
+    for (id, sync_key) in collections {
+        list = list.child(
+            crate::wbxml::Element::new(gie::PAGE, gie::COLLECTION)
+                .child(crate::wbxml::Element::with_text(0, air::SYNC_KEY, sync_key))
+                .child(crate::wbxml::Element::with_text(
+                    gie::PAGE,
+                    gie::COLLECTION_ID,
+                    id,
+                )),
+        );
+    }
+    let root = crate::wbxml::Element::new(gie::PAGE, gie::GET_ITEM_ESTIMATE).child(list);
+    crate::wbxml::encode(&root).unwrap_or_default()
+}
+
+/// A GetItemEstimate response: the whole request's status (a global one such as 142 stands
+/// here) and each collection's estimate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Estimates {
+    pub status: Option<u32>,
+    /// (collection id, its Response's Status, the estimate)
+    pub collections: Vec<(String, Option<u32>, Option<u64>)>,
+}
+
+impl Sink for Estimates {
+    fn start(&mut self, path: &[Tag]) {
+        if path.len() == 2 && last(path) == (gie::PAGE, gie::RESPONSE) {
+            self.collections.push((String::new(), None, None));
+        }
+    }
+
+    fn text(&mut self, path: &[Tag], text: &str) {
+        match (path.len(), last(path)) {
+            (2, (gie::PAGE, gie::STATUS)) => self.status = text.parse().ok(),
+            (3, (gie::PAGE, gie::STATUS)) => {
+                if let Some(c) = self.collections.last_mut() {
+                    c.1 = text.parse().ok();
+                }
+            }
+            (4, (gie::PAGE, gie::COLLECTION_ID)) => {
+                if let Some(c) = self.collections.last_mut() {
+                    c.0 = text.to_owned();
+                }
+            }
+            (4, (gie::PAGE, gie::ESTIMATE)) => {
+                if let Some(c) = self.collections.last_mut() {
+                    c.2 = text.parse().ok();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Scans a whole body at once (tests, and bodies already in memory).
 pub fn scan<S: Sink + Default>(bytes: &[u8]) -> (S, bool) {
     let mut sink = S::default();
@@ -231,6 +301,32 @@ mod tests {
             })
         );
         assert_eq!(sync.changes[1], FolderChange::Delete("old".into()));
+    }
+
+    #[test]
+    fn an_estimate_request_and_its_answer() {
+        let request = estimate_request([("inbox", "k1")].into_iter());
+        let xml = crate::wbxml::xml::to_xml(&crate::wbxml::decode(&request).expect("decodes"));
+        assert!(xml.contains("k1") && xml.contains("inbox"), "{xml}");
+        let response = Element::new(gie::PAGE, gie::GET_ITEM_ESTIMATE).child(
+            Element::new(gie::PAGE, gie::RESPONSE)
+                .child(Element::with_text(gie::PAGE, gie::STATUS, "1"))
+                .child(
+                    Element::new(gie::PAGE, gie::COLLECTION)
+                        .child(Element::with_text(gie::PAGE, gie::COLLECTION_ID, "inbox"))
+                        .child(Element::with_text(gie::PAGE, gie::ESTIMATE, "3")),
+                ),
+        );
+        let (estimates, complete): (Estimates, bool) = scan(&encode(&response).expect("encodes"));
+        assert!(complete);
+        assert_eq!(estimates.collections, [("inbox".into(), Some(1), Some(3))]);
+        let global = Element::new(gie::PAGE, gie::GET_ITEM_ESTIMATE).child(Element::with_text(
+            gie::PAGE,
+            gie::STATUS,
+            "142",
+        ));
+        let (estimates, _): (Estimates, bool) = scan(&encode(&global).expect("encodes"));
+        assert_eq!(estimates.status, Some(142));
     }
 
     #[test]

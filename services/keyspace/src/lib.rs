@@ -115,6 +115,8 @@ pub enum Claim {
         changed: Vec<FolderVersion>,
         /// Proxy mode: Status 2 answers since the device's last Sync.
         repeats: u32,
+        /// Proxy mode: whether the device's folders were learned from a FolderSync.
+        hierarchy_known: bool,
     },
 }
 
@@ -359,7 +361,7 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
                 previous: reply.get(1).and_then(|p| Owner::parse(p)),
             })
         }
-        Some("ok") if reply.len() >= 5 => {}
+        Some("ok") if reply.len() >= 6 => {}
         _ => return Err(bad_reply("neither 'ok' nor 'missing'")),
     }
     let heartbeat = match request.heartbeat {
@@ -387,7 +389,8 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
         heartbeat,
         folders,
         repeats: reply[4].parse().unwrap_or(0),
-        changed: folder_versions(&reply[5..]),
+        hierarchy_known: reply[5] == "1",
+        changed: folder_versions(&reply[6..]),
     })
 }
 
@@ -495,6 +498,24 @@ impl Store {
         }
         let _: i64 = invocation.invoke_async(conn).await?;
         Ok(())
+    }
+
+    /// The last SyncKey the upstream gave the device for each collection, if any.
+    pub async fn sync_keys<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        collections: &[&str],
+    ) -> RedisResult<Vec<Option<String>>> {
+        if collections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<String> = collections.iter().map(|c| format!("k:{c}")).collect();
+        redis::cmd("HMGET")
+            .arg(self.keys.sync_state(device.mailbox, device.device_id))
+            .arg(fields)
+            .query_async(conn)
+            .await
     }
 
     /// Counts a Status 2 written in proxy mode and what it reported; returns the count since

@@ -104,6 +104,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             folders: full(60, &["5", "6"]).folders.expect("folders"),
             changed: vec![],
             repeats: 0,
+            hierarchy_known: false,
         }
     );
 

@@ -65,6 +65,7 @@ pub struct ProxyMetrics {
     pub upstream_failures: Counter,
     pub observed: Family<ObservedLabels, Counter>,
     pub repeat_backoffs: Counter,
+    pub probes: Family<ResultLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -83,6 +84,11 @@ impl ProxyMetrics {
             "observed",
             "FolderSync hierarchies and completed Syncs recorded from proxied traffic",
             self.observed.clone(),
+        );
+        r.register(
+            "probes",
+            "Upstream probes of parked Pings (GetItemEstimate) by result",
+            self.probes.clone(),
         );
         r.register(
             "repeat_backoffs",

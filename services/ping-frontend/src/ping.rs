@@ -74,6 +74,8 @@ pub struct Finished {
     heartbeat: Option<u32>,
     /// The wake's trace, when the answer is a wake-up.
     traceparent: Option<String>,
+    /// An HTTP status to answer instead of a Ping body (the upstream's 449, 401, ...).
+    http: Option<u16>,
 }
 
 impl Finished {
@@ -85,6 +87,7 @@ impl Finished {
             accepted_at_us: None,
             heartbeat: None,
             traceparent: None,
+            http: None,
         }
     }
 
@@ -118,6 +121,8 @@ pub struct Waiting {
     /// Proxy mode: news held back by the repeat backoff, reported at `report_at`.
     pending: Vec<FolderVersion>,
     report_at: Option<Instant>,
+    /// Proxy mode: what the upstream probe needs, and how often it runs.
+    probe: Option<(Box<crate::proxy::probe::Credentials>, Duration)>,
 }
 
 /// Removes the Ping from the pod's index however it ends.
@@ -172,10 +177,16 @@ pub async fn start(
     if let Err(answer) = ping.check(&shared.config.limits) {
         return Started::Answer(context, Finished::new(answer, "rejected"));
     }
-    claim(shared, context, &ping).await
+    let credentials = crate::proxy::probe::Credentials::of(shared, request, query);
+    claim(shared, context, &ping, credentials).await
 }
 
-async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> Started {
+async fn claim(
+    shared: &Arc<Shared>,
+    context: Context,
+    ping: &PingRequest,
+    credentials: Option<Box<crate::proxy::probe::Credentials>>,
+) -> Started {
     let limits = shared.config.limits;
     // Registered before the claim: a wake that follows the claim finds the slot.
     let slot = shared.parked.register(&context.key, context.request_id);
@@ -204,6 +215,7 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
         folders: Vec::new(),
         pending: Vec::new(),
         report_at: None,
+        probe: None,
     };
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
@@ -237,7 +249,9 @@ async fn claim(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> St
             folders,
             changed,
             repeats,
+            hierarchy_known,
         })) => {
+            waiting.probe = credentials.zip(crate::proxy::probe::interval(shared, hierarchy_known));
             if let Some(previous) = previous {
                 evict(
                     shared,
@@ -324,6 +338,10 @@ pub async fn wait<S: Transport>(
     max_pipelined: usize,
 ) -> Result<Finished, ClientGone> {
     let deadline = waiting.context.started + Duration::from_secs(waiting.heartbeat.into());
+    let every = waiting.probe.as_ref().map(|(_, every)| *every);
+    let mut probe_at = every
+        .map(|every| waiting.context.started + every)
+        .filter(|at| *at < deadline);
     let ended = |response, outcome| {
         let mut finished = Finished::new(response, outcome);
         finished.heartbeat = Some(waiting.heartbeat);
@@ -366,6 +384,12 @@ pub async fn wait<S: Transport>(
                 finished.heartbeat = Some(waiting.heartbeat);
                 return Ok(finished);
             }
+            _ = tokio::time::sleep_until(probe_at.unwrap_or(deadline)), if probe_at.is_some() => {
+                if let Some(finished) = Box::pin(probe(waiting)).await {
+                    return Ok(finished);
+                }
+                probe_at = probe_at.zip(every).map(|(at, every)| at + every).filter(|at| *at < deadline);
+            }
             _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
             () = stream.closed(buf, max_pipelined) => return Err(ClientGone),
         }
@@ -385,6 +409,32 @@ fn dedupe(mut news: Vec<FolderVersion>) -> Vec<FolderVersion> {
     news.sort_by(|a, b| a.id.cmp(&b.id).then(b.version.cmp(&a.version)));
     news.dedup_by(|later, earlier| later.id == earlier.id);
     news
+}
+
+/// Asks the upstream about the parked Ping's folders; an answer the device must hear ends it.
+async fn probe(waiting: &Waiting) -> Option<Finished> {
+    use crate::proxy::probe::Probed;
+    let shared = &waiting.registration.shared;
+    let (credentials, _) = waiting.probe.as_ref()?;
+    let device = waiting.context.device();
+    let mut finished =
+        match crate::proxy::probe::run(shared, device, &waiting.folders, credentials).await {
+            Probed::Nothing => return None,
+            Probed::Changed(ids) => {
+                let versions = ids
+                    .into_iter()
+                    .map(|id| FolderVersion { id, version: 0 })
+                    .collect();
+                Finished::changes(versions, None)
+            }
+            Probed::Status(status) => Finished::new(PingResponse::status(status), "upstream"),
+            Probed::Http(code) => Finished {
+                http: Some(code),
+                ..Finished::new(PingResponse::server_error(), "upstream")
+            },
+        };
+    finished.heartbeat = Some(waiting.heartbeat);
+    Some(finished)
 }
 
 async fn recheck(waiting: &Waiting) -> Option<Check> {
@@ -413,7 +463,16 @@ fn count(shared: &Shared, outcome: &'static str, status: &'static str) {
         .inc();
 }
 
-const STATUS_LABELS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+fn status_label(status: u8) -> &'static str {
+    const LABELS: [&str; 9] = ["0", "1", "2", "3", "4", "5", "6", "7", "8"];
+    match status {
+        140 => "140",
+        142 => "142",
+        143 => "143",
+        144 => "144",
+        other => LABELS[usize::from(other).min(8)],
+    }
+}
 
 /// Writes the answer (unless the client is gone), acknowledges what a Status 2 reported (I2),
 /// and records the history row. Returns whether the connection stays open.
@@ -479,14 +538,19 @@ async fn answer<S: Transport>(
     context: &Context,
     finished: &Finished,
 ) -> std::io::Result<()> {
-    let status = finished.response.status.code();
-    count(
-        shared,
-        finished.outcome,
-        STATUS_LABELS[usize::from(status).min(8)],
-    );
-    shared.count_http(200);
     let keep_alive = context.keep_alive && finished.outcome != "drained";
+    if let Some(code) = finished.http {
+        count(shared, finished.outcome, "");
+        shared.count_http(code);
+        let message = "the ActiveSync server answered this for the device";
+        stream
+            .write_all(&response::error(code, message, &[], !keep_alive))
+            .await?;
+        return Ok(());
+    }
+    let status = finished.response.status.code();
+    count(shared, finished.outcome, status_label(status));
+    shared.count_http(200);
     let bytes = response::wbxml(&finished.response.encode(), keep_alive);
     stream.write_all(&bytes).await?;
     if let Some(accepted) = finished.accepted_at_us {

@@ -9,6 +9,7 @@ mod body;
 mod forward;
 mod headers;
 mod observe;
+pub mod probe;
 pub mod vouch;
 
 use std::path::PathBuf;
@@ -38,6 +39,14 @@ pub struct UpstreamArgs {
     /// Idle keep-alive connections kept open to the upstream, per pod.
     #[arg(long, env = "UPSTREAM_POOL_IDLE", default_value_t = 256)]
     pub upstream_pool_idle: usize,
+    /// Seconds between a parked Ping's GetItemEstimate probes of the upstream (0: none): they
+    /// catch a missed event, and a remote wipe or new policy for a device that only Pings.
+    #[arg(long, env = "PROXY_PROBE_SECS", default_value_t = 900)]
+    pub proxy_probe_secs: u64,
+    /// The probe's interval for a device whose folders are not known yet (enrolled before the
+    /// proxy; no FolderSync seen): it runs on the probe alone until its next FolderSync.
+    #[arg(long, env = "PROXY_PROBE_UNKNOWN_SECS", default_value_t = 120)]
+    pub proxy_probe_unknown_secs: u64,
 }
 
 /// Checked upstream settings.
@@ -48,6 +57,9 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_idle: usize,
+    /// `None`: the probe is off.
+    pub probe: Option<Duration>,
+    pub probe_unknown: Duration,
 }
 
 impl UpstreamArgs {
@@ -99,6 +111,8 @@ impl UpstreamArgs {
             timeout: Duration::from_secs(self.upstream_timeout_secs),
             connect_timeout: Duration::from_secs(self.upstream_connect_timeout_secs),
             pool_idle: self.upstream_pool_idle,
+            probe: (self.proxy_probe_secs > 0).then(|| Duration::from_secs(self.proxy_probe_secs)),
+            probe_unknown: Duration::from_secs(self.proxy_probe_unknown_secs.max(1)),
         }))
     }
 }

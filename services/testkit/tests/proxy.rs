@@ -559,3 +559,101 @@ async fn a_hierarchy_change_answers_status_7_until_folder_sync() {
     );
     env.cleanup().await;
 }
+
+/// The upstream probe (PROXY_PROBE_SECS): a parked Ping asks GetItemEstimate at the SyncKeys
+/// the device last got. Nothing waiting: it stays parked; an estimate above zero (an event
+/// missed): Status 2; a global status (142: provision) or HTTP 449: the device hears it.
+#[tokio::test]
+async fn the_probe_catches_missed_mail_and_relays_what_the_device_must_hear() {
+    let env = Env::new().await;
+    env.account("jack", "pw").await;
+    let mode = Arc::new(Mutex::new("clean"));
+    let now = mode.clone();
+    let upstream = Upstream::start(move |r: &Received| {
+        let estimate = |body: Element| Answer::wbxml(encode(&body).expect("encodes"));
+        match r.command() {
+            Some("FolderSync") => {
+                Answer::wbxml(folder_sync_response("1", &[("inbox", "2"), ("cal", "8")]))
+            }
+            Some("Sync") => Answer::wbxml(sync_doc("inbox", "k-next", Some("1"))),
+            Some("GetItemEstimate") => match *now.lock().unwrap_or_else(|p| p.into_inner()) {
+                "449" => Answer::new(449, Vec::new()),
+                "142" => estimate(Element::new(6, 0x05).child(Element::with_text(6, 0x0E, "142"))),
+                mode => estimate(
+                    Element::new(6, 0x05).child(
+                        Element::new(6, 0x0D)
+                            .child(Element::with_text(6, 0x0E, "1"))
+                            .child(
+                                Element::new(6, 0x08)
+                                    .child(Element::with_text(6, 0x0A, "inbox"))
+                                    .child(Element::with_text(
+                                        6,
+                                        0x0C,
+                                        if mode == "estimate" { "2" } else { "0" },
+                                    )),
+                            ),
+                    ),
+                ),
+            },
+            _ => Answer::new(200, Vec::new()),
+        }
+    })
+    .await;
+    let a = proxy_frontend(&env, "a", &upstream.url(), &[("--proxy-probe-secs", "1")]).await;
+    let mut phone = Device::new(a.addr, "jack", "pw", "phone");
+    let fs = phone
+        .command(Command::FolderSync, &folder_sync_request("0"), "")
+        .await;
+    assert_eq!(fs.expect("FolderSync").status, 200);
+    let sync = phone
+        .command(Command::Sync, &sync_doc("inbox", "0", None), "")
+        .await;
+    assert_eq!(sync.expect("Sync").status, 200);
+
+    let clean = phone
+        .ping_within(Some(&ping_body(3, &["inbox"])), 10 * SECOND)
+        .await;
+    assert_eq!(clean.ping().status, PingStatus::Expired, "nothing waiting");
+    let probes: Vec<Received> = upstream
+        .received()
+        .into_iter()
+        .filter(|r| r.command() == Some("GetItemEstimate"))
+        .collect();
+    assert!(probes.len() >= 2, "probed every second: {}", probes.len());
+    let body = String::from_utf8_lossy(&probes[0].body);
+    assert!(
+        body.contains("k-next") && body.contains("inbox"),
+        "at the last SyncKey"
+    );
+
+    *mode.lock().unwrap_or_else(|p| p.into_inner()) = "estimate";
+    let missed = phone
+        .ping_within(Some(&ping_body(30, &["inbox"])), 10 * SECOND)
+        .await
+        .ping();
+    assert_eq!(missed.status, PingStatus::Changes, "a missed event, caught");
+    assert_eq!(missed.folders, ["inbox"]);
+    let synced = phone
+        .command(Command::Sync, &sync_doc("inbox", "k-next", None), "")
+        .await;
+    assert_eq!(synced.expect("Sync").status, 200);
+
+    *mode.lock().unwrap_or_else(|p| p.into_inner()) = "142";
+    let provision = phone
+        .ping_within(Some(&ping_body(30, &["inbox"])), 10 * SECOND)
+        .await
+        .ping();
+    assert_eq!(provision.status, PingStatus::DeviceNotProvisioned);
+
+    *mode.lock().unwrap_or_else(|p| p.into_inner()) = "449";
+    let http = phone
+        .ping_within(Some(&ping_body(30, &["inbox"])), 10 * SECOND)
+        .await;
+    assert_eq!(http.status, 449);
+    assert!(
+        a.metric("dp_frontend_probes_total{result=\"changed\"}")
+            .await
+            >= 1.0
+    );
+    env.cleanup().await;
+}

@@ -9,7 +9,8 @@
 -- Returns {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
 -- {'hierarchy', previous owner or ''} when a folder is not in the device's known hierarchy
 -- (Status 7); else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or
--- '', Status 2 answers since the last Sync ('0' when a change is fresh), changed id, version, changed id, version, ...}.
+-- '', Status 2 answers since the last Sync ('0' when a change is fresh), '1' when the device's
+-- hierarchy is known, changed id, version, changed id, version, ...}.
 local ttl = tonumber(ARGV[3])
 local heartbeat = tonumber(ARGV[4])
 local count = tonumber(ARGV[5])
@@ -88,14 +89,14 @@ local repeats = '0'
 if proxy then
   repeats = redis.call('HGET', KEYS[7], 'r') or '0'
 end
-local out = {'ok', previous, cached_heartbeat, cached_folders, repeats}
+local out = {'ok', previous, cached_heartbeat, cached_folders, repeats, learned and '1' or '0'}
 for _, folder in ipairs(folders) do
   news(KEYS[1], KEYS[3], folder[1], out)
 end
 if proxy then
   -- Repeats count only while every folder reported is one already told at this version: a
   -- fresh change is answered at once, however often the device skipped its Sync.
-  for i = 6, #out, 2 do
+  for i = 7, #out, 2 do
     if redis.call('HGET', KEYS[7], 'p:' .. out[i]) ~= out[i + 1] then
       out[5] = '0'
       break
