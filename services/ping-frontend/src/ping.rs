@@ -118,11 +118,15 @@ pub struct Waiting {
     owner: Owner,
     heartbeat: u32,
     folders: Vec<PingFolder>,
-    /// Proxy mode: news held back by the repeat backoff, reported at `report_at`.
+    /// Proxy mode, rarely set (hence boxed: every parked Ping pays for the pointer only).
+    held: Option<Box<Held>>,
+    probe: Option<Box<crate::proxy::probe::Credentials>>,
+}
+
+/// News held back by the repeat backoff, to be reported at `at` (or with newer news).
+struct Held {
     pending: Vec<FolderVersion>,
-    report_at: Option<Instant>,
-    /// Proxy mode: what the upstream probe needs, and how often it runs.
-    probe: Option<(Box<crate::proxy::probe::Credentials>, Duration)>,
+    at: Instant,
 }
 
 /// Removes the Ping from the pod's index however it ends.
@@ -213,8 +217,7 @@ async fn claim(
         owner,
         heartbeat: 0,
         folders: Vec::new(),
-        pending: Vec::new(),
-        report_at: None,
+        held: None,
         probe: None,
     };
     let mut redis = shared.redis.clone();
@@ -251,7 +254,7 @@ async fn claim(
             repeats,
             hierarchy_known,
         })) => {
-            waiting.probe = credentials.zip(crate::proxy::probe::interval(shared, hierarchy_known));
+            waiting.probe = credentials.map(|c| c.every(shared, hierarchy_known));
             if let Some(previous) = previous {
                 evict(
                     shared,
@@ -268,8 +271,10 @@ async fn claim(
                 // Parked with the news, to be told at the backoff or with newer news.
                 shared.metrics.proxy.repeat_backoffs.inc();
                 let delay = backoff(repeats).min(Duration::from_secs(waiting.heartbeat.into()));
-                waiting.report_at = Some(waiting.context.started + delay);
-                waiting.pending = changed;
+                waiting.held = Some(Box::new(Held {
+                    pending: changed,
+                    at: waiting.context.started + delay,
+                }));
                 return Started::Parked(waiting);
             }
             changed
@@ -338,19 +343,25 @@ pub async fn wait<S: Transport>(
     max_pipelined: usize,
 ) -> Result<Finished, ClientGone> {
     let deadline = waiting.context.started + Duration::from_secs(waiting.heartbeat.into());
-    let every = waiting.probe.as_ref().map(|(_, every)| *every);
+    let every = waiting.probe.as_ref().and_then(|p| p.interval());
     let mut probe_at = every
         .map(|every| waiting.context.started + every)
         .filter(|at| *at < deadline);
+    let held = waiting.held.as_deref();
     let ended = |response, outcome| {
         let mut finished = Finished::new(response, outcome);
         finished.heartbeat = Some(waiting.heartbeat);
         finished
     };
     loop {
+        // One timer for the heartbeat, held-back news and the probe: tokio builds every
+        // branch's future, enabled or not, and a Sleep is a large part of a parked Ping.
+        let next = [held.map(|h| h.at), probe_at]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Instant::min);
         tokio::select! {
-            // In order: news first, and news held back before the heartbeat's "nothing new"
-            // when both fall due together.
+            // News first, so a change and the heartbeat falling due together report the change.
             biased;
             signals = waiting.slot.next() => {
                 match signals.end {
@@ -362,8 +373,8 @@ pub async fn wait<S: Transport>(
                     None => {}
                 }
                 let mut news = monitored(&waiting.folders, signals.changes);
-                if !news.is_empty() {
-                    news.extend(waiting.pending.iter().cloned());
+                if let (false, Some(held)) = (news.is_empty(), held) {
+                    news.extend(held.pending.iter().cloned());
                 }
                 if signals.recheck {
                     match Box::pin(recheck(waiting)).await {
@@ -379,18 +390,23 @@ pub async fn wait<S: Transport>(
                     return Ok(finished);
                 }
             }
-            _ = tokio::time::sleep_until(waiting.report_at.unwrap_or(deadline)), if waiting.report_at.is_some() => {
-                let mut finished = Finished::changes(waiting.pending.clone(), None);
-                finished.heartbeat = Some(waiting.heartbeat);
-                return Ok(finished);
-            }
-            _ = tokio::time::sleep_until(probe_at.unwrap_or(deadline)), if probe_at.is_some() => {
+            _ = tokio::time::sleep_until(next) => {
+                if let Some(held) = held.filter(|h| h.at <= next) {
+                    let mut finished = Finished::changes(held.pending.clone(), None);
+                    finished.heartbeat = Some(waiting.heartbeat);
+                    return Ok(finished);
+                }
+                if probe_at.is_none_or(|at| at > next) {
+                    return Ok(ended(PingResponse::expired(), "expired"));
+                }
                 if let Some(finished) = Box::pin(probe(waiting)).await {
                     return Ok(finished);
                 }
-                probe_at = probe_at.zip(every).map(|(at, every)| at + every).filter(|at| *at < deadline);
+                probe_at = probe_at
+                    .zip(every)
+                    .map(|(at, every)| at + every)
+                    .filter(|at| *at < deadline);
             }
-            _ = tokio::time::sleep_until(deadline) => return Ok(ended(PingResponse::expired(), "expired")),
             () = stream.closed(buf, max_pipelined) => return Err(ClientGone),
         }
     }
@@ -415,7 +431,7 @@ fn dedupe(mut news: Vec<FolderVersion>) -> Vec<FolderVersion> {
 async fn probe(waiting: &Waiting) -> Option<Finished> {
     use crate::proxy::probe::Probed;
     let shared = &waiting.registration.shared;
-    let (credentials, _) = waiting.probe.as_ref()?;
+    let credentials = waiting.probe.as_deref()?;
     let device = waiting.context.device();
     let mut finished =
         match crate::proxy::probe::run(shared, device, &waiting.folders, credentials).await {

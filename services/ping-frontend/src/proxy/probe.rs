@@ -26,6 +26,8 @@ pub struct Credentials {
     device_type: String,
     protocol_version: String,
     user_agent: Option<String>,
+    /// How often this Ping probes (`None` until [`Credentials::every`] says).
+    every: Option<Duration>,
 }
 
 impl Credentials {
@@ -55,19 +57,27 @@ impl Credentials {
                 .or_else(|| query.version.map(|v| v.as_str().to_owned()))
                 .unwrap_or_else(|| "14.1".to_owned()),
             user_agent: request.user_agent.clone(),
+            every: None,
         }))
     }
-}
 
-/// How often a parked Ping probes: less often once its hierarchy is known (FolderSync seen).
-pub fn interval(shared: &Shared, hierarchy_known: bool) -> Option<Duration> {
-    let config = &shared.upstream.as_ref()?.config;
-    let every = config.probe?;
-    Some(if hierarchy_known {
-        every
-    } else {
-        every.min(config.probe_unknown)
-    })
+    /// Sets how often the Ping probes: less often once its hierarchy is known (a FolderSync
+    /// seen through the proxy).
+    pub fn every(mut self: Box<Self>, shared: &Shared, hierarchy_known: bool) -> Box<Self> {
+        self.every = shared.upstream.as_ref().and_then(|u| {
+            let every = u.config.probe?;
+            Some(if hierarchy_known {
+                every
+            } else {
+                every.min(u.config.probe_unknown)
+            })
+        });
+        self
+    }
+
+    pub fn interval(&self) -> Option<Duration> {
+        self.every
+    }
 }
 
 /// What the upstream said.
