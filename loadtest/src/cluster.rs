@@ -14,6 +14,10 @@ use crate::probe;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct ClusterArgs {
+    /// Proxy mode: the local frontends forward every command but Ping here (UPSTREAM_URL), and
+    /// the devices enrol (FolderSync, Sync) and acknowledge each Status 2 with a Sync.
+    #[arg(long)]
+    pub upstream: Option<String>,
     /// Start this many frontends as local processes for the run (0: use --frontend).
     #[arg(long, default_value_t = 0)]
     pub local_frontends: usize,
@@ -196,6 +200,9 @@ impl Cluster {
                 ("JWT_AUDIENCE", audience.clone()),
             ]),
             Auth::Basic { .. } => common.push(("AUTH_MODE", "local".into())),
+        }
+        if let Some(upstream) = &args.upstream {
+            common.push(("UPSTREAM_URL", upstream.clone()));
         }
         if let Some(ca) = &ca {
             common.push(("TLS_CERT", ca.cert_path().display().to_string()));

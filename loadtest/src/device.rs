@@ -68,8 +68,16 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
     let report = |event| {
         let _ = shared.events.send(event);
     };
+    if plan.proxy {
+        if let Err(kind) = enrol(&mut device).await {
+            report(Event::Error {
+                device: number,
+                kind,
+            });
+        }
+    }
     loop {
-        let body = ping_body(heartbeat.current, &["5", "2"]);
+        let body = ping_body(heartbeat.current, &FOLDERS);
         let wait =
             Duration::from_secs_f64(f64::from(heartbeat.current) + plan.heartbeat.grace_secs);
         let failure = match tokio::time::timeout(wait, device.ping(Some(&body))).await {
@@ -93,7 +101,12 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
                         device: number,
                         at_us: now_us(),
                     });
-                    None
+                    // Proxy mode: the report stands until the device syncs, as a phone does.
+                    if plan.proxy {
+                        sync(&mut device, &answer.folders).await.err()
+                    } else {
+                        None
+                    }
                 }
                 Ok(answer) if answer.status == PingStatus::Expired => {
                     if let Some(seconds) = heartbeat.answered() {
@@ -123,6 +136,47 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
                 device.move_to(plan.frontends[at]);
             }
         }
+    }
+}
+
+/// The folders every device pings; the proxy scenario's upstream serves them.
+pub const FOLDERS: [&str; 2] = ["5", "2"];
+
+/// Proxy mode: what a phone does before its first Ping, through the proxy.
+async fn enrol(device: &mut Device) -> Result<(), String> {
+    use dp_proto::wbxml::{encode, Element};
+    let folder_sync = Element::new(7, 0x16).child(Element::with_text(7, 0x12, "0"));
+    let body = encode(&folder_sync).map_err(|e| e.to_string())?;
+    let answer = device
+        .command(dp_proto::query::Command::FolderSync, &body, "")
+        .await
+        .map_err(|e| format!("foldersync-io-{:?}", e.kind()).to_lowercase())?;
+    if answer.status != 200 {
+        return Err(format!("foldersync-http-{}", answer.status));
+    }
+    let ids: Vec<String> = FOLDERS.iter().map(|f| f.to_string()).collect();
+    sync(device, &ids).await
+}
+
+/// A Sync of `folders` through the proxy (a stand-in upstream answers it).
+async fn sync(device: &mut Device, folders: &[String]) -> Result<(), String> {
+    use dp_proto::wbxml::{encode, Element};
+    let mut collections = Element::new(0, 0x1C);
+    for id in folders {
+        collections = collections.child(
+            Element::new(0, 0x0F)
+                .child(Element::with_text(0, 0x0B, "0"))
+                .child(Element::with_text(0, 0x12, id.as_str())),
+        );
+    }
+    let body = encode(&Element::new(0, 0x05).child(collections)).map_err(|e| e.to_string())?;
+    let answer = device
+        .command(dp_proto::query::Command::Sync, &body, "")
+        .await
+        .map_err(|e| format!("sync-io-{:?}", e.kind()).to_lowercase())?;
+    match answer.status {
+        200 => Ok(()),
+        code => Err(format!("sync-http-{code}")),
     }
 }
 
@@ -204,6 +258,7 @@ mod tests {
                 grace_secs: 1.0,
             },
             jitter_ms: 0,
+            proxy: false,
         }
     }
 

@@ -38,6 +38,8 @@ enum Command {
     Storm(scenario::storm::StormArgs),
     /// Devices behind a carrier that drops idle connections: heartbeat convergence, lateness.
     Carrier(scenario::carrier::CarrierArgs),
+    /// Proxy mode against a stand-in ActiveSync server: enrolment, wakes acknowledged by Sync.
+    Proxy(scenario::wake::WakeArgs),
     /// One worker process (started by the scenarios; reads its plan on stdin).
     #[command(hide = true)]
     Worker,
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             Command::Wake(args) => scenario::wake::run(args).await.map(drop),
             Command::Storm(args) => scenario::storm::run(args).await.map(drop),
             Command::Carrier(args) => scenario::carrier::run(args).await.map(drop),
+            Command::Proxy(args) => scenario::proxy::run(args).await.map(drop),
             Command::Worker => worker::run().await,
         }
     });

@@ -24,6 +24,9 @@ pub struct Plan {
     /// Most milliseconds a device waits before reconnecting after losing its connection
     /// (uniformly random, like real clients' jitter).
     pub jitter_ms: u64,
+    /// Proxy mode: enrol with FolderSync and Sync, and Sync what each Status 2 reports.
+    #[serde(default)]
+    pub proxy: bool,
 }
 
 /// How devices authenticate; the mailbox of each device follows from it.

@@ -124,6 +124,7 @@ impl Run {
             tls_ca: self.cluster.tls_ca.clone(),
             heartbeat,
             jitter_ms: args.jitter_ms,
+            proxy: args.cluster.upstream.is_some(),
         };
         let mut fleet = Fleet::start(&plan, args.devices, args.per_worker, args.rate).await?;
         self.fleet_size = fleet.workers;

@@ -1,7 +1,8 @@
-//! The scenarios, one file each: `park`, `wake`, `storm` and `carrier`.
+//! The scenarios, one file each: `park`, `wake`, `storm`, `carrier` and `proxy`.
 
 pub mod carrier;
 pub mod park;
+pub mod proxy;
 pub mod storm;
 pub mod wake;
 

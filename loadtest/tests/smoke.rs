@@ -109,6 +109,39 @@ async fn park_and_wake() {
     env.cleanup().await;
 }
 
+/// Proxy mode: devices enrol through the proxy, each wake is acknowledged by a Sync, no Ping
+/// reaches the upstream, no change is missed.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_enrol_park_and_sync() {
+    let env = Env::new().await;
+    let args = [
+        "proxy",
+        "--local-frontends",
+        "1",
+        "--devices",
+        "500",
+        "--rate",
+        "1000",
+        "--changes-per-sec",
+        "100",
+        "--duration-secs",
+        "3",
+    ];
+    let report = loadtest(&env, &args).await;
+    assert_eq!(number(&report, "parked"), 500.0, "{report:#}");
+    assert_eq!(report["enrolled"]["folder_syncs"].as_f64(), Some(500.0));
+    assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    assert_eq!(number(&report, "pings_reaching_the_upstream"), 0.0);
+    let wakes = number(&report, "wakes_read");
+    assert!(wakes > 50.0, "{report:#}");
+    assert_eq!(
+        number(&report, "wakes_acknowledged_by_sync"),
+        wakes,
+        "{report:#}"
+    );
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn storm() {
     let env = Env::new().await;
