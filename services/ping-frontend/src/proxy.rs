@@ -9,6 +9,7 @@ mod body;
 mod forward;
 mod headers;
 mod observe;
+mod options;
 pub mod probe;
 pub mod vouch;
 
@@ -121,6 +122,7 @@ impl UpstreamArgs {
 pub struct Upstream {
     pub config: UpstreamConfig,
     client: reqwest::Client,
+    options: options::OptionsCache,
 }
 
 impl Upstream {
@@ -145,6 +147,7 @@ impl Upstream {
         Ok(Upstream {
             client: builder.build()?,
             config,
+            options: options::OptionsCache::default(),
         })
     }
 

@@ -260,7 +260,11 @@ async fn pass_through_is_byte_exact_and_statuses_pass_unchanged() {
     let env = Env::new().await;
     let upstream = Upstream::start(|request: &Received| {
         let query = request.query.as_str();
-        if query.contains("Cmd=ItemOperations") {
+        if request.method == "OPTIONS" {
+            Answer::new(200, Vec::new())
+                .header("MS-ASProtocolVersions", "14.1,16.1")
+                .header("MS-ASProtocolCommands", "Sync,FolderSync,Ping")
+        } else if query.contains("Cmd=ItemOperations") {
             let mut answer = Answer::new(200, Vec::new())
                 .header("X-Body-Sha256", &hex(&request.body_sha256))
                 .header("MS-ASProtocolVersions", "14.1,16.1");
@@ -332,6 +336,21 @@ async fn pass_through_is_byte_exact_and_statuses_pass_unchanged() {
     .await
     .expect("OPTIONS");
     assert_eq!(options.status, 200);
+    // With credentials, the upstream's answer is kept a few minutes: asked once, answered twice.
+    for _ in 0..2 {
+        let options = dp_testkit::client::raw(
+            a.addr,
+            b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nHost: t\r\n\
+              Authorization: Basic ZnJhbms6cHc=\r\n\r\n",
+        )
+        .await
+        .expect("OPTIONS");
+        assert_eq!(options.status, 200);
+        assert_eq!(
+            options.header("MS-ASProtocolCommands"),
+            Some("Sync,FolderSync,Ping")
+        );
+    }
 
     let received = upstream.received();
     let item = received
@@ -355,7 +374,8 @@ async fn pass_through_is_byte_exact_and_statuses_pass_unchanged() {
         .find(|r| r.command() == Some("SendMail"))
         .expect("forwarded");
     assert_eq!(mail.body, b"abcde");
-    assert!(received.iter().any(|r| r.method == "OPTIONS"));
+    let asked = received.iter().filter(|r| r.method == "OPTIONS").count();
+    assert_eq!(asked, 2, "once without credentials, once with: then kept");
     env.cleanup().await;
 }
 
@@ -654,6 +674,63 @@ async fn the_probe_catches_missed_mail_and_relays_what_the_device_must_hear() {
         a.metric("dp_frontend_probes_total{result=\"changed\"}")
             .await
             >= 1.0
+    );
+    env.cleanup().await;
+}
+
+/// I1 in proxy mode across a silently dropped connection and a network handover: the Status 2
+/// written into a connection the carrier dropped is not heard; the device moves to a new
+/// connection and Pings again at once (long before that heartbeat would have run out, where
+/// standalone mode's rule would count the answer as heard): the folder is reported again,
+/// because only its Sync acknowledges it.
+#[tokio::test]
+async fn a_wake_lost_in_a_handover_is_reported_until_the_sync() {
+    let env = Env::new().await;
+    env.account("kim", "pw").await;
+    let upstream = activesync_standin().await;
+    let a = proxy_frontend(&env, "a", &upstream.url(), &[]).await;
+    let watcher = Watcher::start(&env, "w", &[]).await;
+    let carrier = dp_testkit::Proxy::start(a.addr).await;
+    let mut phone = Device::new(carrier.addr, "kim", "pw", "phone");
+    let parked = tokio::spawn(async move {
+        let heard =
+            tokio::time::timeout(3 * SECOND, phone.ping(Some(&ping_body(60, &["inbox"])))).await;
+        (phone, heard.is_ok())
+    });
+    env.wait_parked("kim", "phone", "a", None).await;
+    carrier.silence();
+    watcher.change(&env, "kim", &["inbox"]).await;
+    dp_testkit::wait_for(
+        "the Status 2 written into the dead connection",
+        10 * SECOND,
+        || async {
+            (a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let (mut phone, heard) = parked.await.expect("ping task");
+    assert!(!heard, "nothing passes a silenced connection");
+
+    // The handover: a new connection, at once (57 s before that Ping's heartbeat).
+    phone.move_to(a.addr);
+    let again = phone
+        .ping_within(Some(&ping_body(60, &["inbox"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(again.status, PingStatus::Changes, "not lost");
+    assert_eq!(again.folders, ["inbox"]);
+    let sync = phone
+        .command(Command::Sync, &sync_doc("inbox", "0", None), "")
+        .await;
+    assert_eq!(sync.expect("Sync").status, 200);
+    let settled = phone
+        .ping_within(Some(&ping_body(1, &["inbox"])), 5 * SECOND)
+        .await
+        .ping();
+    assert_eq!(
+        settled.status,
+        PingStatus::Expired,
+        "acknowledged by the Sync"
     );
     env.cleanup().await;
 }

@@ -72,6 +72,14 @@ pub async fn forward<S: Transport>(
             .await?;
         return Ok(false);
     }
+    let options = request.method == crate::http::request::Method::Options;
+    if options && request.authorization.is_some() && request.framing == Framing::Length(0) {
+        if let Some(answer) = upstream.options.answer(request.keep_alive) {
+            shared.count_http(200);
+            stream.write_all(&answer).await?;
+            return Ok(request.keep_alive);
+        }
+    }
     let mut learning = learning(shared, &request, query).await;
     let gzip_request = has_gzip(&headers::joined(
         "content-encoding",
@@ -135,6 +143,9 @@ pub async fn forward<S: Transport>(
     shared.metrics.proxied(label, status.as_u16());
     if let (true, Some(query)) = (shared.config.upstream_auth, query) {
         super::vouch::record(shared, &request, query, status.as_u16()).await;
+    }
+    if options && request.authorization.is_some() {
+        upstream.options.keep(&answer);
     }
     let keep_alive = request.keep_alive && body_read && pumped.is_ok();
     let gzip_response = has_gzip(&joined(answer.headers(), "content-encoding"));
