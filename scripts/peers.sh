@@ -4,6 +4,8 @@
 # ActiveSync module on 127.0.0.1:20000 (its tables and users in the test PostgreSQL).
 #   bash scripts/peers.sh start   # idempotent: installs what is missing, starts what is down
 #   bash scripts/peers.sh stop
+# SOGo reads only /etc/sogo/sogo.conf: this writes it (the package's own is kept once as
+# sogo.conf.dist), so do not run it on a machine whose SOGo serves anyone.
 # Users (password "pw"): sogo1, sogo2. SOGo's ActiveSync endpoint:
 #   http://127.0.0.1:20000/SOGo/Microsoft-Server-ActiveSync
 set -euo pipefail
