@@ -2,7 +2,7 @@
 # Real peers for the proxy tests, from Debian's packages, on loopback only: a private Dovecot
 # (IMAP on 127.0.0.1:1143, Maildir under .peers/), memcached on 11311, and SOGo 5.8 with its
 # ActiveSync module on 127.0.0.1:20000 (its tables and users in the test PostgreSQL).
-#   bash scripts/peers.sh start   # idempotent: installs what is missing, starts what is down
+#   bash scripts/peers.sh start   # installs what is missing; (re)starts all three afresh
 #   bash scripts/peers.sh stop
 # SOGo reads only /etc/sogo/sogo.conf: this writes it (the package's own is kept once as
 # sogo.conf.dist), so do not run it on a machine whose SOGo serves anyone.
@@ -23,14 +23,20 @@ wait_for_port() {
   return 1
 }
 
+# Stops these peers, whichever checkout started them, and waits until their ports are free.
 stop() {
-  for pidfile in "$dir/sogo.pid" "$dir/memcached.pid"; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-    rm -f "$pidfile"
-  done
   # sogod's workers ignore SIGTERM until their next request.
   pkill -9 -u sogo -f /usr/sbin/sogod 2>/dev/null || true
-  [ -f "$dir/dovecot/dovecot.conf" ] && doveadm -c "$dir/dovecot/dovecot.conf" stop 2>/dev/null || true
+  pkill -f '/.peers/dovecot/dovecot.conf' 2>/dev/null || true
+  pkill -f 'memcached -d -l 127.0.0.1 -p 11311' 2>/dev/null || true
+  rm -f "$dir/sogo.pid" "$dir/memcached.pid"
+  for port in 1143 11311 20000; do
+    for _ in $(seq 1 100); do answers "$port" || break; sleep 0.1; done
+    if answers "$port"; then
+      echo "peers: something else holds 127.0.0.1:$port; stop it first" >&2
+      return 1
+    fi
+  done
 }
 
 install() {
@@ -106,10 +112,8 @@ userdb {
 }
 EOF
   mkdir -p "$dir/dovecot/state"
-  if ! answers 1143; then
-    dovecot -c "$dir/dovecot/dovecot.conf" </dev/null >/dev/null 2>&1
-    wait_for_port 1143 Dovecot "$dir/dovecot.log"
-  fi
+  dovecot -c "$dir/dovecot/dovecot.conf" </dev/null >/dev/null 2>&1
+  wait_for_port 1143 Dovecot "$dir/dovecot.log"
   # SOGo reads a folder's state from a plain SELECT and needs HIGHESTMODSEQ in it, which
   # Dovecot sends only once a client has enabled CONDSTORE on that mailbox.
   for user in "${users[@]}"; do
@@ -125,12 +129,10 @@ PY
 }
 
 sogo_start() {
-  if ! answers 11311; then
-    # Daemons get no inherited output: a caller reading this script's output would wait on them.
-    memcached -d -l 127.0.0.1 -p 11311 -u memcache -P "$dir/memcached.pid" </dev/null >/dev/null 2>&1 \
-      || memcached -d -l 127.0.0.1 -p 11311 -u nobody -P "$dir/memcached.pid" </dev/null >/dev/null 2>&1
-    wait_for_port 11311 memcached /dev/null
-  fi
+  # Daemons get no inherited output: a caller reading this script's output would wait on them.
+  memcached -d -l 127.0.0.1 -p 11311 -u memcache -P "$dir/memcached.pid" </dev/null >/dev/null 2>&1 \
+    || memcached -d -l 127.0.0.1 -p 11311 -u nobody -P "$dir/memcached.pid" </dev/null >/dev/null 2>&1
+  wait_for_port 11311 memcached /dev/null
   local db="postgresql://postgres:@127.0.0.1:5432/sogo"
   [ -f /etc/sogo/sogo.conf.dist ] || cp /etc/sogo/sogo.conf /etc/sogo/sogo.conf.dist
   cat > /etc/sogo/sogo.conf <<EOF
@@ -157,26 +159,35 @@ sogo_start() {
 }
 EOF
   chmod 0644 /etc/sogo/sogo.conf
-  if ! answers 20000; then
-    mkdir -p "$dir/sogo-home"
-    chown sogo: "$dir/sogo-home"
-    : > "$dir/sogo.log"
-    chown sogo: "$dir/sogo.log"
-    # sogod refuses to run as root.
-    mkdir -p "$dir/sogo-run"
-    chown sogo: "$dir/sogo-run"
-    (cd / && setsid runuser -u sogo -- env HOME="$dir/sogo-home" /usr/sbin/sogod -WONoDetach YES \
-      -WOPort 127.0.0.1:20000 -WOLogFile "$dir/sogo.log" -WOPidFile "$dir/sogo-run/sogo.pid" \
-      </dev/null >>"$dir/sogo.log" 2>&1 &
-      echo $! > "$dir/sogo.pid")
-    wait_for_port 20000 SOGo "$dir/sogo.log"
-  fi
+  mkdir -p "$dir/sogo-home" "$dir/sogo-run"
+  chown sogo: "$dir/sogo-home" "$dir/sogo-run"
+  : > "$dir/sogo.log"
+  chown sogo: "$dir/sogo.log"
+  # sogod refuses to run as root.
+  (cd / && setsid runuser -u sogo -- env HOME="$dir/sogo-home" /usr/sbin/sogod -WONoDetach YES \
+    -WOPort 127.0.0.1:20000 -WOLogFile "$dir/sogo.log" -WOPidFile "$dir/sogo-run/sogo.pid" \
+    </dev/null >>"$dir/sogo.log" 2>&1 &
+    echo $! > "$dir/sogo.pid")
+  wait_for_port 20000 SOGo "$dir/sogo.log"
+  # The port opens before the workers serve: wait for an answer to an ActiveSync OPTIONS.
+  for _ in $(seq 1 100); do
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' -u sogo1:pw -X OPTIONS \
+      http://127.0.0.1:20000/SOGo/Microsoft-Server-ActiveSync || true)
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "peers: SOGo does not answer ActiveSync OPTIONS (log: $dir/sogo.log)" >&2
+  tail -n 30 "$dir/sogo.log" >&2
+  return 1
 }
 
 case "${1:-start}" in
   start)
+    # Always this checkout's own instances, started afresh: a leftover from another checkout
+    # (or one shutting down) must not answer in their place.
     mkdir -p "$dir"
     chmod 0755 "$dir"
+    stop
     install
     database
     dovecot_start

@@ -4,7 +4,9 @@
 /// The canonical form of a mailbox name: trimmed and lower-cased, since users type
 /// `Alice@Example.com` and `alice@example.com` for the same mailbox.
 pub fn canonical_mailbox(name: &str) -> String {
-    name.trim().to_lowercase()
+    // ASCII only: Unicode case folding maps distinct names to one (U+212A KELVIN SIGN + "ate@"
+    // would become "kate@"), and a mailbox is an identity.
+    name.trim().to_ascii_lowercase()
 }
 
 /// Encodes any string as one NATS subject token and Redis key part: ASCII letters, digits and
@@ -45,6 +47,19 @@ pub fn device_key(mailbox: &str, device_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailboxes_fold_ascii_case_only() {
+        assert_eq!(
+            canonical_mailbox(" Alice@Example.COM "),
+            "alice@example.com"
+        );
+        assert_ne!(
+            canonical_mailbox("\u{212A}ate@example.com"),
+            "kate@example.com"
+        );
+        assert_eq!(canonical_mailbox("Ünïcode@x"), "Ünïcode@x");
+    }
     use proptest::prelude::*;
 
     fn valid_subject_token(t: &str) -> bool {

@@ -89,6 +89,7 @@ impl JwtSettings {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
         let data =
             decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &validation)
                 .ok()?;

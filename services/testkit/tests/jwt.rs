@@ -91,6 +91,14 @@ async fn hs256_tokens_are_checked_in_full() {
             hs256(&json!({"iss": iss, "aud": aud, "exp": later}), SECRET),
         ),
         ("not a token", "not.a.token".to_owned()),
+        (
+            "not yet valid (nbf)",
+            hs256(
+                &json!({"email": "alice@example.com", "iss": iss, "aud": aud, "exp": later,
+                        "nbf": now() + 600}),
+                SECRET,
+            ),
+        ),
     ];
     for (what, token) in refused {
         let response = ping_with(&a, "alice@example.com", &token).await;
@@ -106,6 +114,13 @@ async fn hs256_tokens_are_checked_in_full() {
         ping_with(&a, "alice@example.com", &bobs).await.status,
         403,
         "only one's own mailbox"
+    );
+    // U+212A KELVIN SIGN folds to "k" in Unicode; a mailbox compares by ASCII case only.
+    let kelvin = hs256(&claims("\u{212A}ate@example.com", iss, aud, later), SECRET);
+    assert_eq!(
+        ping_with(&a, "kate@example.com", &kelvin).await.status,
+        403,
+        "no Unicode case folding into another mailbox"
     );
     let mut basic = Device::new(a.addr, "alice@example.com", "pw", "p");
     assert_eq!(

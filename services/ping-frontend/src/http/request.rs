@@ -198,11 +198,18 @@ async fn read_rest<S: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     limits: SizeLimits,
 ) -> Result<Request, ReadError> {
+    // The head is parsed again only when a line has ended since the last try: a head trickled
+    // in one byte at a time costs a parse per line (at most MAX_HEADERS + 1), not per byte.
+    let mut scanned = 0;
     loop {
-        if let Some((head_len, mut request)) = parse_head(buf, limits)? {
-            let rest = buf.split_off(head_len);
-            request.head = std::mem::replace(buf, rest);
-            return Ok(request);
+        let new_line = buf[scanned.min(buf.len())..].contains(&b'\n');
+        scanned = buf.len();
+        if new_line {
+            if let Some((head_len, mut request)) = parse_head(buf, limits)? {
+                let rest = buf.split_off(head_len);
+                request.head = std::mem::replace(buf, rest);
+                return Ok(request);
+            }
         }
         if buf.len() >= limits.head {
             return Err(ReadError::HeadTooLarge(limits.head));
@@ -336,6 +343,31 @@ mod tests {
         assert_eq!(request.query, "Cmd=Ping&User=a");
         assert_eq!(request.protocol_version.as_deref(), Some("14.1"));
         assert!(request.keep_alive);
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_byte_by_byte_is_read_once_complete() {
+        let raw = b"POST /x?Cmd=Ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nNEXT";
+        for split in [1, 2, 3, 7] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            let writer = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                for piece in raw.chunks(split) {
+                    client.write_all(piece).await.expect("writes");
+                }
+                client
+            });
+            let mut buf = Vec::new();
+            let request = read_rest(&mut server, &mut buf, SizeLimits::default())
+                .await
+                .expect("a request");
+            assert_eq!(request.query, "Cmd=Ping");
+            assert!(
+                b"NEXT".starts_with(&buf),
+                "only what follows the head is left"
+            );
+            drop(writer.await);
+        }
     }
 
     #[test]
