@@ -78,6 +78,10 @@ pub struct FrontendArgs {
     /// Seconds an idle keep-alive connection stays open between requests.
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 120)]
     pub idle_timeout_secs: u64,
+    /// Seconds a write to a device may wait for it to read: past this the connection closes
+    /// (a client that pipelines requests and never reads the answers).
+    #[arg(long, env = "WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    pub write_timeout_secs: u64,
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
@@ -159,6 +163,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub sizes: crate::http::request::SizeLimits,
     pub header_timeout: Duration,
+    pub write_timeout: Duration,
     pub auth_cache_size: usize,
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
@@ -203,6 +208,7 @@ impl FrontendArgs {
         positive("REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
         positive("HEADER_TIMEOUT_SECS", self.header_timeout_secs)?;
         positive("IDLE_TIMEOUT_SECS", self.idle_timeout_secs)?;
+        positive("WRITE_TIMEOUT_SECS", self.write_timeout_secs)?;
         positive("HISTORY_BATCH", self.history_batch as u64)?;
         positive("HISTORY_QUEUE", self.history_queue as u64)?;
         positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
@@ -274,6 +280,7 @@ impl FrontendArgs {
                 body: self.max_body_bytes,
             },
             header_timeout: Duration::from_secs(self.header_timeout_secs),
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,
             auth_failures_per_account: self.auth_failures_per_account,

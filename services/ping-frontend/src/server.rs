@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::http::response;
 use crate::parked::End;
+use crate::transport::WriteDeadline;
 use crate::{connection, Shared};
 
 /// How long past DRAIN_SECS the drain waits for the last connections to close.
@@ -67,6 +68,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 match shared.tls.clone() {
                     None => {
                         tokio::spawn(async move {
+                            let stream = WriteDeadline::new(stream, shared.config.write_timeout);
                             connection::serve(&shared, stream, ip, drain).await;
                             drop((permit, source));
                         });
@@ -78,6 +80,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                                 .await
                             {
                                 Ok(Ok(stream)) => {
+                                    let timeout = shared.config.write_timeout;
+                                    let stream = WriteDeadline::new(stream, timeout);
                                     connection::serve(&shared, stream, ip, drain).await
                                 }
                                 Ok(Err(_)) | Err(_) => {

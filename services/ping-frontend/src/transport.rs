@@ -3,6 +3,9 @@
 
 use std::future::Future;
 
+mod write_deadline;
+pub use write_deadline::WriteDeadline;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;

@@ -603,3 +603,40 @@ async fn concurrent_logins_of_one_account_verify_once() {
     );
     env.cleanup().await;
 }
+
+/// A client that pipelines requests and never reads the answers is closed once a write has
+/// waited WRITE_TIMEOUT_SECS: it cannot hold a connection (and its task) forever.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new().await;
+    let a = Frontend::start(&env, "a", &[("--write-timeout-secs", "1")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let stream = socket.connect(a.addr).await.expect("connects");
+    let (_reader, mut writer) = stream.into_split();
+    let request = b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    let flood = tokio::spawn(async move {
+        // Stops when the frontend no longer reads (its writes are blocked), or it closed.
+        for _ in 0..10_000 {
+            let write = writer.write_all(&request);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), write).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+        writer
+    });
+    dp_testkit::wait_for(
+        "the frontend to close the connection that never reads",
+        Duration::from_secs(20),
+        || async { (a.metric("dp_frontend_connections").await == 0.0).then_some(()) },
+    )
+    .await;
+    drop(flood.await.expect("flood task"));
+    env.cleanup().await;
+}
