@@ -37,6 +37,15 @@ struct Verified {
     at: Instant,
 }
 
+/// What the cache knows of credentials.
+enum Known {
+    /// Verified within AUTH_CACHE_TTL_SECS.
+    Fresh(String),
+    /// Verified before, longer ago: checked again, but not slowed as a guess would be.
+    Stale,
+    Unknown,
+}
+
 pub struct Auth {
     pool: PgPool,
     /// Keyed by a salted digest of name and password, so the cache holds no password.
@@ -134,7 +143,7 @@ impl Auth {
         };
         let name = canonical_mailbox(&name);
         let key = self.digest(&name, &password);
-        if let Some(mailbox) = self.cached(&key) {
+        if let Known::Fresh(mailbox) = self.cached(&key) {
             count("cache_hit");
             return Ok(mailbox);
         }
@@ -151,20 +160,25 @@ impl Auth {
         };
         let _held = turn.gate.lock().await;
         // Whoever went first may have verified these very credentials meanwhile.
-        if let Some(mailbox) = self.cached(&key) {
-            count("cache_hit");
-            return Ok(mailbox);
-        }
+        let known = match self.cached(&key) {
+            Known::Fresh(mailbox) => {
+                count("cache_hit");
+                return Ok(mailbox);
+            }
+            known => known,
+        };
         // Past a budget, refuse before spending a database query and an argon2 verification:
-        // the same answer whether or not the account exists.
+        // the same answer whether or not the account exists. The per-account budget slows
+        // only credentials never verified: someone guessing an account's password must not
+        // lock out its working devices when their cache entries run out.
         let source_key = source.to_string();
         let account_key = format!("account:{name}");
-        if let Some(wait) = self
-            .throttle
-            .per_source
-            .over(&source_key)
-            .or_else(|| self.throttle.per_account.over(&account_key))
-        {
+        let verified_before = matches!(known, Known::Stale);
+        if let Some(wait) = self.throttle.per_source.over(&source_key).or_else(|| {
+            (!verified_before)
+                .then(|| self.throttle.per_account.over(&account_key))
+                .flatten()
+        }) {
             count("throttled");
             return Err(AuthError::Throttled(wait));
         }
@@ -236,12 +250,13 @@ impl Auth {
         }
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+    fn cached(&self, key: &[u8; 32]) -> Known {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(key)
-            .filter(|v| v.at.elapsed() < self.ttl)
-            .map(|v| v.mailbox.clone())
+        match cache.get(key) {
+            Some(v) if v.at.elapsed() < self.ttl => Known::Fresh(v.mailbox.clone()),
+            Some(_) => Known::Stale,
+            None => Known::Unknown,
+        }
     }
 
     fn remember(&self, key: [u8; 32], mailbox: &str) {

@@ -640,3 +640,57 @@ async fn a_client_that_never_reads_is_closed_at_the_write_timeout() {
     drop(flood.await.expect("flood task"));
     env.cleanup().await;
 }
+
+/// Targeted lockout: wrong passwords against an account trip its per-account budget, yet its
+/// working device goes on when its cached login runs out: credentials verified before are
+/// checked again, not throttled as a guess.
+#[tokio::test]
+async fn guessing_an_accounts_password_does_not_lock_out_its_devices() {
+    let env = Env::new().await;
+    env.account("lena", "pw").await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[
+            ("--auth-cache-ttl-secs", "1"),
+            ("--auth-failures-per-account", "3"),
+        ],
+    )
+    .await;
+    let mut phone = Device::new(a.addr, "lena", "pw", "phone");
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["1"])), Duration::from_secs(5))
+        .await;
+    assert_eq!(first.ping().status, PingStatus::Expired);
+    let mut thief = Device::new(a.addr, "lena", "guess", "other");
+    let mut throttled = false;
+    for _ in 0..6 {
+        let answer = thief
+            .ping_within(Some(&ping_body(1, &["1"])), Duration::from_secs(5))
+            .await;
+        throttled |= answer.status == 503;
+    }
+    assert!(throttled, "the guesses are throttled");
+    // The device's cache entry runs out (1 s) while it keeps Pinging: every Ping is answered.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        // Each Ping waits out its 1 s heartbeat: the loop is paced by the protocol itself.
+        let answer = phone.ping_within(None, Duration::from_secs(5)).await;
+        assert_eq!(answer.status, 200, "a working device is not locked out");
+        if a.metric("dp_frontend_auth_total{result=\"verified\"}")
+            .await
+            >= 2.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the device's credentials were never verified again"
+        );
+    }
+    let guess = thief
+        .ping_within(Some(&ping_body(1, &["1"])), Duration::from_secs(5))
+        .await;
+    assert_eq!(guess.status, 503, "guesses stay throttled");
+    env.cleanup().await;
+}
