@@ -30,20 +30,21 @@ pub async fn run(args: WakeArgs) -> Result<serde_json::Value> {
     let mut report = Report::new("wake");
     run.park(super::fixed(args.run.heartbeat), &mut report)
         .await?;
-    let injector = super::inject(&run, args.changes_per_sec, args.ingest_connections)?;
+    changes(&run, &args, &mut report).await?;
+    report.set("parked_after", run.parked().await);
+    run.finish(report)
+}
+
+/// With the devices parked: changes at the set rate for the set time, then their wakes
+/// matched (latency, misses). The `proxy` scenario runs the same phase.
+pub async fn changes(run: &Run, args: &WakeArgs, report: &mut Report) -> Result<()> {
+    let injector = super::inject(run, args.changes_per_sec, args.ingest_connections)?;
     tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
     let sent = injector.stop();
     report.set(
         "changes_per_sec_sent",
         round(sent.len() as f64 / args.duration_secs.max(1) as f64),
     );
-    super::settle(
-        &run,
-        &sent,
-        Duration::from_secs(args.window_secs),
-        &mut report,
-    )
-    .await?;
-    report.set("parked_after", run.parked().await);
-    run.finish(report)
+    super::settle(run, &sent, Duration::from_secs(args.window_secs), report).await?;
+    Ok(())
 }

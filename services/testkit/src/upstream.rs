@@ -77,6 +77,43 @@ impl Answer {
     }
 }
 
+/// A FolderSync answer: Status 1, SyncKey `key`, these folders added as (ServerId, Type), all
+/// at the top level.
+pub fn folder_sync_answer(key: &str, folders: &[(&str, &str)]) -> Vec<u8> {
+    use dp_proto::wbxml::{encode, Element};
+    let fh = |token, text: &str| Element::with_text(7, token, text);
+    let mut changes = Element::new(7, 0x0E).child(fh(0x17, &folders.len().to_string()));
+    for (id, ty) in folders {
+        changes = changes.child(
+            Element::new(7, 0x0F)
+                .child(fh(0x08, id))
+                .child(fh(0x09, "0"))
+                .child(fh(0x07, id))
+                .child(fh(0x0A, ty)),
+        );
+    }
+    let root = Element::new(7, 0x16)
+        .child(fh(0x0C, "1"))
+        .child(fh(0x12, key))
+        .child(changes);
+    encode(&root).unwrap_or_default()
+}
+
+/// A Sync answer completing these collections (id, new SyncKey) with Status 1.
+pub fn sync_answer(collections: &[(&str, &str)]) -> Vec<u8> {
+    use dp_proto::wbxml::{encode, Element};
+    let mut list = Element::new(0, 0x1C);
+    for (id, key) in collections {
+        list = list.child(
+            Element::new(0, 0x0F)
+                .child(Element::with_text(0, 0x0B, *key))
+                .child(Element::with_text(0, 0x12, *id))
+                .child(Element::with_text(0, 0x0E, "1")),
+        );
+    }
+    encode(&Element::new(0, 0x05).child(list)).unwrap_or_default()
+}
+
 /// The bytes of [`Body::Pattern`]: not all alike, so a misplaced piece shows.
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()

@@ -20,23 +20,8 @@ fn fh(token: u8, text: &str) -> Element {
     Element::with_text(7, token, text)
 }
 
-/// A FolderSync response: Status 1, key `key`, these folders added (id, type).
 fn folder_sync_response(key: &str, folders: &[(&str, &str)]) -> Vec<u8> {
-    let mut changes = Element::new(7, 0x0E).child(fh(0x17, &folders.len().to_string()));
-    for (id, ty) in folders {
-        changes = changes.child(
-            Element::new(7, 0x0F)
-                .child(fh(0x08, id))
-                .child(fh(0x09, "0"))
-                .child(fh(0x07, id))
-                .child(fh(0x0A, ty)),
-        );
-    }
-    let root = Element::new(7, 0x16)
-        .child(fh(0x0C, "1"))
-        .child(fh(0x12, key))
-        .child(changes);
-    encode(&root).expect("encodes")
+    dp_testkit::upstream::folder_sync_answer(key, folders)
 }
 
 fn folder_sync_request(key: &str) -> Vec<u8> {
