@@ -81,15 +81,17 @@ pub async fn forward<S: Transport>(
         }
     }
     let mut learning = learning(shared, &request, query).await;
+    // The head is parsed once more here, for all its headers; the routing parse kept only some.
+    let (method, incoming) = request.parts();
     let gzip_request = has_gzip(&headers::joined(
         "content-encoding",
-        request.parts().1.into_iter(),
+        incoming.iter().copied(),
     ));
     let mut request_tap = learning
         .as_ref()
         .and_then(|l| Tap::new(l.command, gzip_request));
 
-    let (method, outgoing) = outgoing_headers(shared, &request, peer);
+    let (method, outgoing) = outgoing_headers(shared, method, &incoming, peer);
     let mut call = upstream
         .client
         .request(method, upstream.url(&request.query))
@@ -141,9 +143,6 @@ pub async fn forward<S: Transport>(
     };
     let status = answer.status();
     shared.metrics.proxied(label, status.as_u16());
-    if let (true, Some(query)) = (shared.config.upstream_auth, query) {
-        super::vouch::record(shared, &request, query, status.as_u16()).await;
-    }
     if options && request.authorization.is_some() {
         upstream.options.keep(&answer);
     }
@@ -154,6 +153,10 @@ pub async fn forward<S: Transport>(
         .filter(|_| status.as_u16() == 200)
         .and_then(|l| Tap::new(l.command, gzip_response));
     let streamed = stream_answer(stream, answer, keep_alive, timeout, &mut response_tap).await;
+    // After the answer, not before: the device does not wait for this Redis round trip.
+    if let (true, Some(query)) = (shared.config.upstream_auth, query) {
+        super::vouch::record(shared, &request, query, status.as_u16()).await;
+    }
     let keep_alive = match streamed {
         Ok(()) => keep_alive,
         Err(reason) => {
@@ -273,14 +276,14 @@ async fn pump<S: Transport>(
 /// where the request came from.
 fn outgoing_headers(
     shared: &Shared,
-    request: &Request,
+    method: &str,
+    incoming: &[(&str, &[u8])],
     peer: IpAddr,
 ) -> (reqwest::Method, reqwest::header::HeaderMap) {
-    let (method, incoming) = request.parts();
     let connection = headers::joined("connection", incoming.iter().copied());
     let mut out = reqwest::header::HeaderMap::with_capacity(incoming.len() + 2);
     let mut forwarded_for = None;
-    for (name, value) in incoming {
+    for &(name, value) in incoming {
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             forwarded_for = Some(String::from_utf8_lossy(value).into_owned());
             continue;
