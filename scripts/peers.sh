@@ -6,7 +6,11 @@
 #   bash scripts/peers.sh stop
 # SOGo reads only /etc/sogo/sogo.conf: this writes it (the package's own is kept once as
 # sogo.conf.dist), so do not run it on a machine whose SOGo serves anyone.
-# Users (password "pw"): sogo1, sogo2. SOGo's ActiveSync endpoint:
+# Users (password "pw"): sogo1, sogo2; tests add their own to .peers/dovecot/passwd (and to
+# SOGo's sogo_users), with per-user plugin settings: Dovecot runs contrib/dovecot/directpush.lua
+# (push_notification, Lua driver) for every mail process, and a user whose userdb fields set
+# directpush_url tells that watcher of its changes. Master user (IMAP role): dpmaster / masterpw,
+# as "user*dpmaster". LMTP: .peers/dovecot/run/lmtp. SOGo's ActiveSync endpoint:
 #   http://127.0.0.1:20000/SOGo/Microsoft-Server-ActiveSync
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +77,11 @@ dovecot_start() {
   chown dpmail: "$dir/mail"
   : > "$dir/dovecot/passwd"
   for user in "${users[@]}"; do echo "$user:{PLAIN}pw::::::" >> "$dir/dovecot/passwd"; done
+  echo "dpmaster:{PLAIN}masterpw::::::" > "$dir/dovecot/masters"
+  chmod 0644 "$dir/dovecot/passwd" "$dir/dovecot/masters"
+  # Mail processes run as dpmail and must read the script.
+  chmod 0755 "$top/contrib" "$top/contrib/dovecot"
+  chmod 0644 "$top/contrib/dovecot/directpush.lua"
   cat > "$dir/dovecot/dovecot.conf" <<EOF
 base_dir = $dir/dovecot/run
 state_dir = $dir/dovecot/state
@@ -83,6 +92,13 @@ ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:$dir/mail/%u
+mail_attribute_dict = file:%h/dovecot-attributes
+mail_plugins = \$mail_plugins mail_lua notify push_notification push_notification_lua
+auth_master_user_separator = *
+imap_metadata = yes
+plugin {
+  push_notification_driver = lua:file=$top/contrib/dovecot/directpush.lua
+}
 mail_uid = dpmail
 mail_gid = dpmail
 first_valid_uid = 1
@@ -104,11 +120,17 @@ service lmtp {
 }
 passdb {
   driver = passwd-file
+  args = scheme=PLAIN $dir/dovecot/masters
+  master = yes
+}
+passdb {
+  driver = passwd-file
   args = scheme=PLAIN $dir/dovecot/passwd
 }
 userdb {
-  driver = static
-  args = uid=dpmail gid=dpmail home=$dir/mail/%u
+  driver = passwd-file
+  args = $dir/dovecot/passwd
+  default_fields = uid=dpmail gid=dpmail home=$dir/mail/%u
 }
 EOF
   mkdir -p "$dir/dovecot/state"

@@ -13,6 +13,8 @@ use crate::ping::MAX_FOLDER_ID;
 pub const MAX_MAILBOX: usize = 320;
 /// Most folders one change may name.
 pub const MAX_FOLDERS_PER_CHANGE: usize = 1000;
+/// Longest store folder name accepted (IMAP servers allow about this much).
+pub const MAX_STORE_FOLDER: usize = 1000;
 
 /// What happened in the folders. Only `added` wakes a parked Ping by default: new mail, items
 /// copied or moved in.
@@ -36,7 +38,12 @@ pub struct ChangeEvent {
     /// The mailbox, as devices authenticate (compared case-insensitively).
     pub mailbox: String,
     /// ServerIds of the folders that changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folders: Vec<String>,
+    /// The folder that changed in the mail store's own words (`INBOX`, `Archive/2024`): the
+    /// watcher maps it to each device's ServerId through the hierarchy the proxy learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_folder: Option<String>,
     #[serde(default)]
     pub kind: ChangeKind,
     /// When the change was accepted, in microseconds since the Unix epoch: the start of the
@@ -55,8 +62,10 @@ pub enum ChangeError {
     LongMailbox,
     #[error("mailbox holds a control character")]
     MailboxControl,
-    #[error("folders is empty")]
+    #[error("neither folders nor store_folder names a folder")]
     NoFolders,
+    #[error("store_folder is empty, longer than {MAX_STORE_FOLDER} characters or holds a control character")]
+    BadStoreFolder,
     #[error("more than {MAX_FOLDERS_PER_CHANGE} folders")]
     TooManyFolders,
     #[error("folder {0:?} is empty, longer than {MAX_FOLDER_ID} characters or holds a control character")]
@@ -75,8 +84,17 @@ impl ChangeEvent {
         if mailbox.chars().any(char::is_control) {
             return Err(ChangeError::MailboxControl);
         }
-        if self.folders.is_empty() && self.kind != ChangeKind::Hierarchy {
+        if self.folders.is_empty()
+            && self.store_folder.is_none()
+            && self.kind != ChangeKind::Hierarchy
+        {
             return Err(ChangeError::NoFolders);
+        }
+        if let Some(name) = &self.store_folder {
+            let len = name.chars().count();
+            if len == 0 || len > MAX_STORE_FOLDER || name.chars().any(char::is_control) {
+                return Err(ChangeError::BadStoreFolder);
+            }
         }
         if self.folders.len() > MAX_FOLDERS_PER_CHANGE {
             return Err(ChangeError::TooManyFolders);
@@ -117,6 +135,10 @@ pub struct WakeEvent {
     /// The mailbox's folder hierarchy changed: the Pings answer Status 7.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hierarchy: bool,
+    /// Store folders changed: which ServerIds that means differs per device, so each target
+    /// re-checks its folders in Redis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recheck: bool,
 }
 
 /// Sent by a pod on `<ns>.pod.<pod>.evict` when a newer Ping of the device superseded the one
@@ -200,6 +222,7 @@ mod tests {
         let change = |mailbox: &str, folders: &[&str]| ChangeEvent {
             mailbox: mailbox.into(),
             folders: folders.iter().map(|f| f.to_string()).collect(),
+            store_folder: None,
             kind: ChangeKind::Added,
             accepted_at_us: None,
         };
@@ -208,6 +231,13 @@ mod tests {
             Err(ChangeError::EmptyMailbox)
         );
         assert_eq!(change("a", &[]).validate(), Err(ChangeError::NoFolders));
+        let store = |name: &str| ChangeEvent {
+            store_folder: Some(name.into()),
+            ..change("a", &[])
+        };
+        assert_eq!(store("Archive/2024").validate(), Ok(()));
+        assert_eq!(store("").validate(), Err(ChangeError::BadStoreFolder));
+        assert_eq!(store("a\tb").validate(), Err(ChangeError::BadStoreFolder));
         assert_eq!(
             change("a\nb", &["1"]).validate(),
             Err(ChangeError::MailboxControl)

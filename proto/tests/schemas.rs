@@ -55,6 +55,7 @@ fn change_event() {
     let change = |kind, accepted_at_us| ChangeEvent {
         mailbox: "alice@example.com".into(),
         folders: vec!["5".into(), "Inbox/Sub".into()],
+        store_folder: None,
         kind,
         accepted_at_us,
     };
@@ -64,10 +65,15 @@ fn change_event() {
             change(ChangeKind::Added, Some(1_700_000_000_000_000)),
             change(ChangeKind::Modified, None),
             change(ChangeKind::Removed, None),
+            ChangeEvent {
+                folders: Vec::new(),
+                store_folder: Some("Archive/2024".into()),
+                ..change(ChangeKind::Added, None)
+            },
         ],
         &[
             json!({"mailbox": "a", "folders": ["1"], "kind": "exploded"}),
-            json!({"mailbox": "a"}),
+            json!({"mailbox": "a", "store_folder": 5}),
             json!({"mailbox": "a", "folders": "1"}),
             json!({"mailbox": "a", "folders": ["1"], "accepted_at_us": -4}),
             json!({"mailbox": "a", "folders": ["1"], "extra": true}),
@@ -79,6 +85,7 @@ fn change_event() {
 fn wake_event() {
     let wake = WakeEvent {
         hierarchy: false,
+        recheck: false,
         mailbox: "alice@example.com".into(),
         folders: vec![FolderVersion {
             id: "5".into(),

@@ -1,7 +1,7 @@
 //! The scripts on the real Redis: the claim/bump protocol of ARCHITECTURE.md section 3 in both
 //! orders, the parameter cache, I2 (no repeat after an ack), and supersession.
 
-use dp_keyspace::{Check, Claim, Device, Mode, Owner, Store};
+use dp_keyspace::{Change, Check, Claim, Device, HierarchyChange, Mode, Owner, Store};
 use dp_proto::events::FolderVersion;
 use dp_proto::ids::device_key;
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
@@ -59,6 +59,18 @@ fn full(heartbeat: u32, ids: &[&str]) -> PingRequest {
     }
 }
 
+fn change(folders: &[String], hierarchy: bool) -> Change<'_> {
+    Change {
+        folders,
+        store_folders: &[],
+        hierarchy,
+    }
+}
+
+fn email(ids: &[&str]) -> Vec<PingFolder> {
+    full(0, ids).folders.unwrap_or_default()
+}
+
 fn owner(pod: &str, request: u64) -> Owner {
     Owner {
         pod: pod.into(),
@@ -110,7 +122,12 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // Claim first, then bump: the bump names the parked Ping's owner.
     let bump = store
-        .bump(&mut conn, "alice@example.com", &["5".into()], false, 1)
+        .bump(
+            &mut conn,
+            "alice@example.com",
+            change(&["5".into()], false),
+            1,
+        )
         .await
         .expect("bump");
     assert_eq!(
@@ -180,7 +197,12 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
     // written, but the device came back only after that heartbeat ran out, as one does that
     // waited out a dead connection: it may never have heard it, so it hears it again; once.
     store
-        .bump(&mut conn, "alice@example.com", &["5".into()], false, 1)
+        .bump(
+            &mut conn,
+            "alice@example.com",
+            change(&["5".into()], false),
+            1,
+        )
         .await
         .expect("bump");
     let changed = changed_of(
@@ -255,11 +277,16 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // check: the owner sees news; an older owner learns it was superseded.
     store
-        .bump(&mut conn, "alice@example.com", &["6".into()], false, 1)
+        .bump(
+            &mut conn,
+            "alice@example.com",
+            change(&["6".into()], false),
+            1,
+        )
         .await
         .expect("bump");
     let check = store
-        .check(&mut conn, device, &owner("b", 3), ["5", "6"].into_iter())
+        .check(&mut conn, device, &owner("b", 3), &email(&["5", "6"]))
         .await
         .expect("check");
     assert_eq!(
@@ -270,7 +297,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
         }])
     );
     let stale = store
-        .check(&mut conn, device, &owner("a", 1), ["6"].into_iter())
+        .check(&mut conn, device, &owner("a", 1), &email(&["6"]))
         .await
         .expect("check");
     assert_eq!(stale, Check::Superseded);
@@ -371,7 +398,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
         .await
         .expect("claim");
     let bump = store
-        .bump(&mut conn, "bob", &["1".into()], false, 11)
+        .bump(&mut conn, "bob", change(&["1".into()], false), 11)
         .await
         .expect("bump");
     assert!(bump.owners.is_empty());
@@ -383,7 +410,7 @@ async fn missing_parameters_partial_bodies_and_expired_owners() {
 /// until a Sync; a pinged folder outside the learned hierarchy is Status 7.
 #[tokio::test]
 async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
-    use dp_keyspace::{HierarchyChange, Synced};
+    use dp_keyspace::Synced;
     let (store, mut conn, _) = setup().await;
     let key = device_key("carol", "phone");
     let device = Device {
@@ -444,7 +471,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     ));
 
     store
-        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
+        .bump(&mut conn, "carol", change(&["inbox".into()], false), 1)
         .await
         .expect("bump");
     for expected_repeats in 0..3 {
@@ -464,7 +491,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     // The Sync starts, a change lands during it, then it completes.
     let start = store.sync_start(&mut conn, device).await.expect("start");
     store
-        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
+        .bump(&mut conn, "carol", change(&["inbox".into()], false), 1)
         .await
         .expect("bump");
     let version = start.versions["inbox"];
@@ -499,7 +526,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     };
     assert_eq!(repeats, 2, "the same news again");
     store
-        .bump(&mut conn, "carol", &["inbox".into()], false, 1)
+        .bump(&mut conn, "carol", change(&["inbox".into()], false), 1)
         .await
         .expect("bump");
     let Claim::Claimed {
@@ -537,7 +564,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
 
     // A hierarchy change: Status 7 until the device's next FolderSync, which started after it.
     store
-        .bump(&mut conn, "carol", &[], true, 1)
+        .bump(&mut conn, "carol", change(&[], true), 1)
         .await
         .expect("bump");
     assert!(matches!(
@@ -554,5 +581,178 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
         .await
         .expect("delta");
     assert!(changed_of(&claim(11, PingRequest::default()).await).is_empty());
+    cleanup(&mut conn, &store).await;
+}
+
+fn folder<'a>(id: &'a str, parent: &'a str, name: &'a str, kind: u32) -> HierarchyChange<'a> {
+    HierarchyChange::Put {
+        server_id: id,
+        parent_id: parent,
+        display_name: name,
+        folder_type: kind,
+    }
+}
+
+/// A change in the store's words reaches every device of the mailbox under its own ServerIds.
+#[tokio::test]
+async fn store_folders_map_through_each_devices_hierarchy() {
+    let (store, mut conn, _) = setup().await;
+    let keys: Vec<String> = ["phone", "tablet", "old", "late"]
+        .iter()
+        .map(|d| device_key("dana", d))
+        .collect();
+    let device = |i: usize, id: &'static str| Device {
+        mailbox: "dana",
+        device_id: id,
+        key: &keys[i],
+    };
+    let (phone, tablet, old, late) = (
+        device(0, "phone"),
+        device(1, "tablet"),
+        device(2, "old"),
+        device(3, "late"),
+    );
+    // Z-Push-like ids on one device, SOGo-like on the other.
+    let phone_folders = [
+        folder("1", "0", "Posteingang", 2),
+        folder("3", "0", "Gesendet", 5),
+        folder("7", "0", "Archive", 12),
+        folder("8", "7", "2024", 12),
+        folder("9", "1", "Lists", 12),
+    ];
+    let tablet_folders = [
+        folder("mail/INBOX", "0", "Inbox", 2),
+        folder("mail/Archive", "0", "Archive", 12),
+        folder("mail/Archive/2024", "mail/Archive", "2024", 12),
+    ];
+    store
+        .apply_hierarchy(&mut conn, phone, true, 0, &phone_folders)
+        .await
+        .expect("phone hierarchy");
+    store
+        .apply_hierarchy(&mut conn, tablet, true, 0, &tablet_folders)
+        .await
+        .expect("tablet hierarchy");
+    let mut pinged = Vec::new();
+    for (device, ids, request) in [
+        (phone, &["1", "8", "9"][..], 1),
+        (tablet, &["mail/INBOX", "mail/Archive/2024"][..], 2),
+        (old, &["x", "y"][..], 3),
+    ] {
+        let body = full(600, ids);
+        let claimed = store
+            .claim(
+                &mut conn,
+                device,
+                &owner("a", request),
+                &body,
+                NOW,
+                Mode::Proxy,
+            )
+            .await
+            .expect("claim");
+        assert!(changed_of(&claimed).is_empty(), "nothing new yet");
+        pinged.push((
+            device,
+            owner("a", request),
+            body.folders.unwrap_or_default(),
+        ));
+    }
+    let shared = conn.clone();
+    let bump = |paths: &[&str]| {
+        let store = &store;
+        let mut conn = shared.clone();
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        async move {
+            let change = Change {
+                store_folders: &paths,
+                ..Change::default()
+            };
+            store
+                .bump(&mut conn, "dana", change, NOW)
+                .await
+                .expect("bump")
+        }
+    };
+    let news = |i: usize| {
+        let store = &store;
+        let mut conn = shared.clone();
+        let (device, owner, folders) = pinged[i].clone();
+        async move {
+            match store.check(&mut conn, device, &owner, &folders).await {
+                Ok(Check::Changed(found)) => found.into_iter().map(|v| v.id).collect::<Vec<_>>(),
+                other => panic!("check: {other:?}"),
+            }
+        }
+    };
+    let bumped = bump(&["#2"]).await;
+    assert_eq!((bumped.store_watched, bumped.store_unwatched), (1, 0));
+    assert_eq!(bumped.owners.len(), 3);
+    assert_eq!(news(0).await, ["1"], "the phone's Inbox");
+    assert_eq!(news(1).await, ["mail/INBOX"], "the tablet's Inbox");
+    assert_eq!(
+        news(2).await,
+        ["x", "y"],
+        "a device whose hierarchy is unknown hears of any store change in its mail folders"
+    );
+    bump(&["Archive/2024", "#2/Lists"]).await;
+    assert_eq!(
+        news(0).await,
+        ["1", "8", "9"],
+        "by DisplayName path, under the Inbox too"
+    );
+    assert_eq!(news(1).await, ["mail/INBOX", "mail/Archive/2024"]);
+
+    // A folder no Ping watches is counted, not an error; the unknown device watches everything.
+    let _: () = redis::cmd("DEL")
+        .arg(store.keys.watched("dana"))
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let bumped = bump(&["Junk"]).await;
+    assert_eq!((bumped.store_watched, bumped.store_unwatched), (0, 1));
+
+    // A device that enrols after the changes is not told of them.
+    store
+        .apply_hierarchy(&mut conn, late, true, 0, &tablet_folders)
+        .await
+        .expect("late hierarchy");
+    let claimed = store
+        .claim(
+            &mut conn,
+            late,
+            &owner("b", 9),
+            &full(600, &["mail/INBOX"]),
+            NOW,
+            Mode::Proxy,
+        )
+        .await
+        .expect("claim");
+    assert!(changed_of(&claimed).is_empty(), "old mail is not news");
+
+    // A Sync's baseline is the version a claim compares with, store changes included.
+    let start = store.sync_start(&mut conn, late).await.expect("start");
+    assert_eq!(
+        start.versions["mail/INBOX"], 1,
+        "one store change of the Inbox"
+    );
+    bump(&["#2"]).await;
+    let claimed = store
+        .claim(
+            &mut conn,
+            late,
+            &owner("b", 10),
+            &PingRequest::default(),
+            NOW,
+            Mode::Proxy,
+        )
+        .await
+        .expect("claim");
+    let changed = changed_of(&claimed);
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        (changed[0].id.as_str(), changed[0].version),
+        ("mail/INBOX", 2)
+    );
     cleanup(&mut conn, &store).await;
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use dp_proto::events::ChangeKind;
 use dp_runtime::{parse_addr, ConfigError};
 
+use crate::store_folder::StoreNames;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct WatcherArgs {
     /// The ingest API (`POST /v1/changes`).
@@ -46,6 +48,21 @@ pub struct WatcherArgs {
     /// Most changes in one ingest request.
     #[arg(long, env = "MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// The mail store's hierarchy separator, for changes addressed by `store_folder`.
+    #[arg(long, env = "STORE_FOLDER_SEPARATOR", default_value = "/")]
+    pub store_folder_separator: String,
+    /// A prefix the store puts before every folder but INBOX (`INBOX.` in Courier-style layouts).
+    #[arg(long, env = "STORE_FOLDER_PREFIX", default_value = "")]
+    pub store_folder_prefix: String,
+    /// The store's Drafts folder names (comma-separated): EAS type 3.
+    #[arg(long, env = "STORE_DRAFTS", default_value = "Drafts")]
+    pub store_drafts: String,
+    /// The store's Trash folder names: EAS type 4 (Deleted Items).
+    #[arg(long, env = "STORE_TRASH", default_value = "Trash")]
+    pub store_trash: String,
+    /// The store's Sent folder names: EAS type 5 (Sent Items).
+    #[arg(long, env = "STORE_SENT", default_value = "Sent")]
+    pub store_sent: String,
 }
 
 #[derive(Clone, Debug)]
@@ -65,45 +82,19 @@ pub struct Config {
     pub memory_storage: bool,
     pub device_state_ttl: Duration,
     pub max_batch: usize,
+    pub store_names: StoreNames,
 }
 
 impl WatcherArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
+        let store_names = self.store_names()?;
         let common = self.common.check()?;
-        let (mut ingest, mut dispatch) = (false, false);
-        for role in self.roles.split(',').map(str::trim) {
-            match role {
-                "ingest" => ingest = true,
-                "dispatch" => dispatch = true,
-                other => {
-                    return Err(ConfigError::new(
-                        "WATCHER_ROLES",
-                        format!("{other:?} is neither ingest nor dispatch"),
-                    ))
-                }
-            }
-        }
+        let (ingest, dispatch) = roles(&self.roles)?;
         if ingest && self.ingest_token.as_ref().is_none_or(|t| t.len() < 16) {
             return Err(ConfigError::new(
                 "INGEST_TOKEN",
                 "required with the ingest role, at least 16 characters",
             ));
-        }
-        let mut wake_on = HashSet::new();
-        for kind in self
-            .wake_on
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-        {
-            let parsed: ChangeKind = serde_json::from_value(serde_json::Value::String(kind.into()))
-                .map_err(|_| {
-                    ConfigError::new(
-                        "WAKE_ON",
-                        format!("{kind:?} is not added, modified or removed"),
-                    )
-                })?;
-            wake_on.insert(parsed);
         }
         let memory_storage = match self.changes_storage.as_str() {
             "file" => false,
@@ -125,10 +116,11 @@ impl WatcherArgs {
             common,
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
             admin_addr: parse_addr("ADMIN_ADDR", &self.admin_addr)?,
-            ingest_token: self.ingest_token,
             ingest,
             dispatch,
-            wake_on,
+            wake_on: wake_on(&self.wake_on)?,
+            store_names,
+            ingest_token: self.ingest_token,
             coalesce: Duration::from_millis(self.coalesce_ms),
             dispatch_batch: self.dispatch_batch,
             ack_wait: Duration::from_secs(self.ack_wait_secs),
@@ -138,4 +130,63 @@ impl WatcherArgs {
             max_batch: self.max_batch,
         })
     }
+
+    fn store_names(&self) -> Result<StoreNames, ConfigError> {
+        if self.store_folder_separator.chars().count() != 1 {
+            return Err(ConfigError::new(
+                "STORE_FOLDER_SEPARATOR",
+                "must be one character, such as / or .",
+            ));
+        }
+        let list = |value: &str| -> Vec<String> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(StoreNames {
+            separator: self.store_folder_separator.clone(),
+            prefix: self.store_folder_prefix.clone(),
+            special: [
+                list(&self.store_drafts),
+                list(&self.store_trash),
+                list(&self.store_sent),
+            ],
+        })
+    }
+}
+
+/// `WATCHER_ROLES`: (ingest, dispatch).
+fn roles(value: &str) -> Result<(bool, bool), ConfigError> {
+    let (mut ingest, mut dispatch) = (false, false);
+    for role in value.split(',').map(str::trim) {
+        match role {
+            "ingest" => ingest = true,
+            "dispatch" => dispatch = true,
+            other => {
+                return Err(ConfigError::new(
+                    "WATCHER_ROLES",
+                    format!("{other:?} is neither ingest nor dispatch"),
+                ))
+            }
+        }
+    }
+    Ok((ingest, dispatch))
+}
+
+fn wake_on(value: &str) -> Result<HashSet<ChangeKind>, ConfigError> {
+    let mut kinds = HashSet::new();
+    for kind in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let parsed: ChangeKind = serde_json::from_value(serde_json::Value::String(kind.into()))
+            .map_err(|_| {
+                ConfigError::new(
+                    "WAKE_ON",
+                    format!("{kind:?} is not added, modified or removed"),
+                )
+            })?;
+        kinds.insert(parsed);
+    }
+    Ok(kinds)
 }

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use async_nats::jetstream::consumer::pull::Stream as Messages;
 use async_nats::jetstream::{AckKind, Message};
+use dp_keyspace::Change;
 use dp_proto::events::{ChangeEvent, ChangeKind, WakeEvent, WakeTarget};
 use dp_proto::ids::canonical_mailbox;
 use dp_runtime::shutdown::Drain;
@@ -22,6 +23,8 @@ use crate::Shared;
 #[derive(Default)]
 struct Group {
     folders: BTreeSet<String>,
+    /// Store folders, as paths the scripts compare (see `store_folder`).
+    store_folders: BTreeSet<String>,
     wake: bool,
     /// A folder was created, deleted or renamed: Status 7 for the mailbox's parked Pings.
     hierarchy: bool,
@@ -87,6 +90,11 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
             .entry(canonical_mailbox(&change.mailbox))
             .or_default();
         group.folders.extend(change.folders);
+        if let Some(name) = &change.store_folder {
+            group
+                .store_folders
+                .insert(shared.config.store_names.path(name));
+        }
         group.wake |= shared.config.wake_on.contains(&change.kind);
         group.hierarchy |= change.kind == ChangeKind::Hierarchy;
         group.accepted_at_us = if group.messages.is_empty() {
@@ -163,18 +171,26 @@ async fn bump_and_wake(
     group: &Group,
 ) -> anyhow::Result<()> {
     let folders: Vec<String> = group.folders.iter().cloned().collect();
+    let store_folders: Vec<String> = group.store_folders.iter().cloned().collect();
+    let change = Change {
+        folders: &folders,
+        store_folders: &store_folders,
+        hierarchy: group.hierarchy,
+    };
     let mut redis = redis.clone();
-    let bump = shared.store.bump(
-        &mut redis,
-        mailbox,
-        &folders,
-        group.hierarchy,
-        dp_runtime::now_ms(),
-    );
+    let bump = shared
+        .store
+        .bump(&mut redis, mailbox, change, dp_runtime::now_ms());
     let bump = tokio::time::timeout(Duration::from_secs(2), bump)
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
-    if !(group.wake || group.hierarchy) || bump.owners.is_empty() {
+    shared
+        .metrics
+        .count_store_folders(bump.store_watched, bump.store_unwatched);
+    // A store folder no parked Ping watches needs no wake: its version is raised for the
+    // devices' next Pings, and that is all.
+    let news = !folders.is_empty() || bump.store_watched > 0;
+    if !((group.wake && news) || group.hierarchy) || bump.owners.is_empty() {
         return Ok(());
     }
     let mut by_pod: HashMap<String, Vec<WakeTarget>> = HashMap::new();
@@ -191,6 +207,7 @@ async fn bump_and_wake(
             targets,
             accepted_at_us: group.accepted_at_us,
             hierarchy: group.hierarchy,
+            recheck: bump.store_watched > 0,
         };
         let payload = serde_json::to_vec(&wake)?;
         let subject = shared.subjects.wake(&pod);

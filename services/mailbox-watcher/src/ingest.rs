@@ -1,5 +1,5 @@
 //! `POST /v1/changes`: one change or a JSON array of them; 202 only once every one is durable
-//! in JetStream.
+//! in JetStream. `PUT /v1/ox` takes the same changes as Dovecot's OX push driver sends them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,11 +7,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use std::future::IntoFuture;
 use tracing::Instrument;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use dp_proto::events::ChangeEvent;
 use dp_proto::ids::canonical_mailbox;
@@ -29,11 +30,15 @@ const MAX_BODY: usize = 4 << 20;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/changes", post(changes))
+        .route(
+            "/v1/ox",
+            put(crate::ox::notification).post(crate::ox::notification),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 
-fn answer(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Response {
+pub(crate) fn answer(shared: &Shared, code: StatusCode, body: serde_json::Value) -> Response {
     shared
         .metrics
         .ingest_requests
@@ -59,26 +64,49 @@ async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     accept(shared, headers, body).instrument(span).await
 }
 
-async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let given = headers
+/// Whether the request carries the ingest token: as a bearer token, or as the password of
+/// Basic credentials (what Dovecot's OX driver sends from its URL's user part).
+pub(crate) fn authorised(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(expected) = &shared.config.ingest_token else {
+        return false;
+    };
+    let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let authorised = match (&shared.config.ingest_token, given) {
-        (Some(expected), Some(given)) => token_matches(expected, given.trim()),
-        _ => false,
+    else {
+        return false;
     };
-    if !authorised {
-        let mut response = answer(
-            &shared,
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "a valid bearer token is required"}),
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        return response;
+    if let Some(given) = value.strip_prefix("Bearer ") {
+        return token_matches(expected, given.trim());
+    }
+    let password = value
+        .strip_prefix("Basic ")
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| pair.split_once(':').map(|(_, p)| p.to_owned()));
+    password.is_some_and(|given| token_matches(expected, &given))
+}
+
+pub(crate) fn unauthorised(shared: &Shared) -> Response {
+    let mut response = answer(
+        shared,
+        StatusCode::UNAUTHORIZED,
+        json!({"error": "a valid bearer token is required"}),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorised(&shared, &headers) {
+        return unauthorised(&shared);
     }
     let changes = match parse(&body, shared.config.max_batch) {
         Ok(changes) => changes,
@@ -87,11 +115,16 @@ async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Respons
             return answer(&shared, StatusCode::BAD_REQUEST, json!({ "error": reason }));
         }
     };
-    match publish(&shared, changes).await {
+    durable(&shared, changes).await
+}
+
+/// Publishes the changes and answers 202 once JetStream holds every one, else 503.
+pub(crate) async fn durable(shared: &Shared, changes: Vec<ChangeEvent>) -> Response {
+    match publish(shared, changes).await {
         Ok(accepted) => {
             shared.metrics.changes_accepted.inc_by(accepted as u64);
             answer(
-                &shared,
+                shared,
                 StatusCode::ACCEPTED,
                 json!({ "accepted": accepted }),
             )
@@ -99,7 +132,7 @@ async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Respons
         Err(reason) => {
             tracing::warn!(%reason, "changes not made durable; answering 503");
             let mut response = answer(
-                &shared,
+                shared,
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "error": format!("not durable: {reason}") }),
             );

@@ -9,6 +9,8 @@ pub mod config;
 mod dispatch;
 mod ingest;
 pub mod metrics;
+mod ox;
+pub mod store_folder;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -12,7 +12,13 @@ pub struct CodeLabels {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchedLabels {
+    pub watched: &'static str,
+}
+
 pub struct Metrics {
+    pub store_folders: Family<WatchedLabels, Counter>,
     pub ingest_requests: Family<CodeLabels, Counter>,
     pub changes_accepted: Counter,
     pub changes_dispatched: Counter,
@@ -26,6 +32,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
+            store_folders: Family::default(),
             ingest_requests: Family::default(),
             changes_accepted: Counter::default(),
             changes_dispatched: Counter::default(),
@@ -57,6 +64,11 @@ impl Metrics {
             metrics.changes_invalid.clone(),
         );
         r.register(
+            "store_folders",
+            "Store folders changed, by whether a parked Ping watched them (no wake when none did)",
+            metrics.store_folders.clone(),
+        );
+        r.register(
             "wakes_sent",
             "Wake messages published to pods",
             metrics.wakes_sent.clone(),
@@ -77,5 +89,17 @@ impl Metrics {
             metrics.pending.clone(),
         );
         metrics
+    }
+}
+
+impl Metrics {
+    pub fn count_store_folders(&self, watched: usize, unwatched: usize) {
+        for (label, count) in [("yes", watched), ("no", unwatched)] {
+            if count > 0 {
+                self.store_folders
+                    .get_or_create(&WatchedLabels { watched: label })
+                    .inc_by(count as u64);
+            }
+        }
     }
 }

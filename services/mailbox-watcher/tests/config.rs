@@ -4,7 +4,7 @@ use std::process::Command;
 
 #[test]
 fn bad_settings_exit_64_and_name_the_setting() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--roles", "ingest"], "INGEST_TOKEN"),
         (&["--ingest-token", "short"], "INGEST_TOKEN"),
         (
@@ -24,6 +24,15 @@ fn bad_settings_exit_64_and_name_the_setting() {
                 "exploded",
             ],
             "WAKE_ON",
+        ),
+        (
+            &[
+                "--ingest-token",
+                "long-enough-token-123",
+                "--store-folder-separator",
+                "::",
+            ],
+            "STORE_FOLDER_SEPARATOR",
         ),
     ];
     for (args, named) in cases {

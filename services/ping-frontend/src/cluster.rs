@@ -107,6 +107,8 @@ fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
             if wake.hierarchy {
                 s.end = Some(End::Hierarchy);
             }
+            // A store folder means other ServerIds on each device: Redis knows which.
+            s.recheck |= wake.recheck;
         });
     }
 }

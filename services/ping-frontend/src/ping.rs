@@ -459,8 +459,9 @@ async fn recheck(waiting: &Waiting) -> Option<Check> {
     let _permit = shared.rechecks.acquire().await.ok()?;
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
-    let ids = waiting.folders.iter().map(|f| f.id.as_str());
-    let check = shared.store.check(&mut redis, device, &waiting.owner, ids);
+    let check = shared
+        .store
+        .check(&mut redis, device, &waiting.owner, &waiting.folders);
     match tokio::time::timeout(shared.config.redis_timeout, check).await {
         Ok(Ok(check)) => Some(check),
         _ => {

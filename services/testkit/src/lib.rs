@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dovecot;
 pub mod env;
 pub mod imap;
 pub mod proxy;

@@ -78,17 +78,24 @@ impl Answer {
 }
 
 /// A FolderSync answer: Status 1, SyncKey `key`, these folders added as (ServerId, Type), all
-/// at the top level.
+/// at the top level, each named by its ServerId.
 pub fn folder_sync_answer(key: &str, folders: &[(&str, &str)]) -> Vec<u8> {
+    let tree: Vec<(&str, &str, &str, &str)> =
+        folders.iter().map(|&(id, ty)| (id, "0", id, ty)).collect();
+    folder_sync_tree(key, &tree)
+}
+
+/// A FolderSync answer adding these folders as (ServerId, ParentId, DisplayName, Type).
+pub fn folder_sync_tree(key: &str, folders: &[(&str, &str, &str, &str)]) -> Vec<u8> {
     use dp_proto::wbxml::{encode, Element};
     let fh = |token, text: &str| Element::with_text(7, token, text);
     let mut changes = Element::new(7, 0x0E).child(fh(0x17, &folders.len().to_string()));
-    for (id, ty) in folders {
+    for (id, parent, name, ty) in folders {
         changes = changes.child(
             Element::new(7, 0x0F)
                 .child(fh(0x08, id))
-                .child(fh(0x09, "0"))
-                .child(fh(0x07, id))
+                .child(fh(0x09, parent))
+                .child(fh(0x07, name))
                 .child(fh(0x0A, ty)),
         );
     }

@@ -1,7 +1,8 @@
 //! directpush in front of a real ActiveSync server: SOGo 5.8 with sogo-activesync, on a real
 //! Dovecot IMAP store, both from Debian (`scripts/peers.sh start`, which the test command
-//! runs). A device enrols through the proxy, new mail wakes its parked Ping, its Sync through
-//! the proxy returns that mail, and SOGo never sees a Ping.
+//! runs). A device enrols through the proxy; mail delivered by Dovecot reaches the watcher
+//! through `contrib/dovecot/directpush.lua` in the store's words and wakes its parked Ping on
+//! SOGo's ServerId; its Sync through the proxy returns that mail, and SOGo never sees a Ping.
 
 use std::time::Duration;
 
@@ -10,13 +11,36 @@ use dp_proto::query::Command;
 use dp_proto::sync::{FolderChange, FolderSync, Sync};
 use dp_proto::wbxml::{decode, encode, xml, Element};
 use dp_testkit::client::ping_body;
+use dp_testkit::dovecot::{self, MailUser};
 use dp_testkit::imap::Imap;
 use dp_testkit::{Device, Env, Frontend, HttpResponse, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
 const SOGO: &str = "http://127.0.0.1:20000/SOGo/Microsoft-Server-ActiveSync";
-const IMAP: &str = "127.0.0.1:1143";
-const USER: &str = "sogo1";
+
+/// A user of this test's own in Dovecot (whose mail processes tell `watcher` of changes) and in
+/// SOGo's user table, with its INBOX opened once with CONDSTORE as SOGo needs.
+async fn fresh_user(env: &Env, watcher: &Watcher) -> MailUser {
+    let user = MailUser::create(
+        "sogo",
+        &MailUser::directpush_fields(watcher.addr, &env.ingest_token),
+    );
+    let sogo = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/sogo")
+        .await
+        .expect("SOGo's database: run scripts/peers.sh start");
+    sqlx::query("INSERT INTO sogo_users VALUES ($1, $1, 'pw', $1, $2)")
+        .bind(&user.name)
+        .bind(format!("{}@example.com", user.name))
+        .execute(&sogo)
+        .await
+        .expect("SOGo user");
+    let mut imap = Imap::login(dovecot::IMAP, &user.name, "pw")
+        .await
+        .expect("Dovecot on 127.0.0.1:1143: run scripts/peers.sh start");
+    imap.command("ENABLE CONDSTORE").await.expect("CONDSTORE");
+    imap.command("SELECT INBOX").await.expect("INBOX");
+    user
+}
 
 fn sync_request(collection: &str, key: &str) -> Vec<u8> {
     let mut c = Element::new(0, 0x0F)
@@ -65,15 +89,6 @@ async fn sync_all(phone: &mut Device, collection: &str, mut key: String) -> (Str
 
 #[tokio::test]
 async fn new_mail_in_dovecot_wakes_a_ping_parked_in_front_of_sogo() {
-    let mut imap = Imap::login(IMAP, USER, "pw")
-        .await
-        .expect("Dovecot on 127.0.0.1:1143: run scripts/peers.sh start");
-    imap.command("SELECT INBOX").await.expect("INBOX");
-    imap.command("STORE 1:* +FLAGS.SILENT (\\Deleted)")
-        .await
-        .ok();
-    imap.command("EXPUNGE").await.expect("expunge");
-
     let env = Env::new().await;
     let frontend = Frontend::start(
         &env,
@@ -82,8 +97,9 @@ async fn new_mail_in_dovecot_wakes_a_ping_parked_in_front_of_sogo() {
     )
     .await;
     let watcher = Watcher::start(&env, "w", &[]).await;
+    let user = fresh_user(&env, &watcher).await;
     let device_id = format!("dp{:08x}", rand::random::<u32>());
-    let mut phone = Device::new(frontend.addr, USER, "pw", &device_id);
+    let mut phone = Device::new(frontend.addr, &user.name, "pw", &device_id);
 
     // Enrolment: FolderSync 0, Sync 0, Sync.
     let folders = phone
@@ -108,27 +124,49 @@ async fn new_mail_in_dovecot_wakes_a_ping_parked_in_front_of_sogo() {
     let (key, _) = sync_all(&mut phone, &inbox, "0".into()).await;
     let (key, _) = sync_all(&mut phone, &inbox, key).await;
 
-    // Parked in front of SOGo; new mail lands in Dovecot and the store's word reaches the
-    // watcher: Status 2 for the Inbox.
-    let pinged = inbox.clone();
-    let parked = tokio::spawn(async move {
-        let r = phone
-            .ping_within(Some(&ping_body(120, &[&pinged])), 30 * SECOND)
-            .await;
-        (phone, r)
-    });
-    env.wait_parked(USER, &device_id, "a", None).await;
-    let subject = format!("directpush-{}", rand::random::<u32>());
-    let message = format!(
-        "From: a@example.com\r\nTo: {USER}@example.com\r\nSubject: {subject}\r\n\
-         Date: Wed, 2 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@t>\r\n\r\nhello\r\n"
-    );
-    imap.append("INBOX", &message).await.expect("APPEND");
-    watcher.change(&env, USER, &[&inbox]).await;
-    let (mut phone, woken) = parked.await.expect("ping task");
-    let woken = woken.ping();
-    assert_eq!(woken.status, PingStatus::Changes);
-    assert_eq!(woken.folders, std::slice::from_ref(&inbox));
+    // Parked in front of SOGo; new mail lands in Dovecot, whose script tells the watcher "new
+    // mail in INBOX": Status 2 for the Inbox under SOGo's ServerId. SOGo creates the new user's
+    // special folders while it answers the first FolderSync, and Dovecot tells of those too: a
+    // Ping may first hear Status 7, and then FolderSyncs as a device does.
+    let mut folder_key = hierarchy.sync_key.clone().expect("a FolderSync key");
+    let mut delivered_subject = None;
+    let mut owner = None;
+    let mut phone = phone;
+    for round in 0..5 {
+        let pinged = inbox.clone();
+        let parked = tokio::spawn(async move {
+            let r = phone
+                .ping_within(Some(&ping_body(120, &[&pinged])), 30 * SECOND)
+                .await;
+            (phone, r)
+        });
+        owner = Some(
+            env.wait_parked(&user.name, &device_id, "a", owner.as_ref())
+                .await,
+        );
+        if delivered_subject.is_none() {
+            let (subject, message) = dovecot::message(&user.name);
+            user.deliver_lmtp(&message).await.expect("LMTP delivery");
+            delivered_subject = Some(subject);
+        }
+        let (back, woken) = parked.await.expect("ping task");
+        phone = back;
+        let woken = woken.ping();
+        if woken.status == PingStatus::FolderSyncRequired && round < 4 {
+            let request = Element::new(7, 0x16).child(Element::with_text(7, 0x12, &folder_key));
+            let answer = phone
+                .command(Command::FolderSync, &encode(&request).expect("encodes"), "")
+                .await
+                .expect("FolderSync");
+            let (again, _): (FolderSync, bool) = dp_proto::sync::scan(&answer.body);
+            folder_key = again.sync_key.unwrap_or(folder_key);
+            continue;
+        }
+        assert_eq!(woken.status, PingStatus::Changes);
+        assert_eq!(woken.folders, std::slice::from_ref(&inbox));
+        break;
+    }
+    let subject = delivered_subject.expect("delivered");
 
     // The Sync through the proxy returns it, and acknowledges the folder: the next Ping parks.
     let (_, delivered) = sync_all(&mut phone, &inbox, key).await;

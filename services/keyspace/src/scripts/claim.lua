@@ -1,7 +1,7 @@
 -- claim: run by the frontend on every Ping, atomically.
 -- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device),
 --       5 unconfirmed (this device), 6 folders (this device), 7 sync state (this device),
---       8 the mailbox's hierarchy version
+--       8 the mailbox's hierarchy version, 9 the mailbox's watched store folders
 -- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
 --       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
 --       6 now (ms), 7 mode ('proxy': acknowledged by Sync; 'standalone': by the answer),
@@ -90,8 +90,18 @@ if proxy then
   repeats = redis.call('HGET', KEYS[7], 'r') or '0'
 end
 local out = {'ok', previous, cached_heartbeat, cached_folders, repeats, learned and '1' or '0'}
+-- The store folders this Ping watches, each until the Ping's expiry: a store change of none of
+-- them needs no wake (bump counts it unwatched).
+local expiry = tonumber(string.match(ARGV[2], '\t(%d+)$') or '0')
 for _, folder in ipairs(folders) do
-  news(KEYS[1], KEYS[3], folder[1], out)
+  local field = store_field(KEYS[6], learned, folder[1], folder[2])
+  news(KEYS[1], KEYS[3], folder[1], field, out)
+  if field and tonumber(redis.call('HGET', KEYS[9], field) or '0') < expiry then
+    redis.call('HSET', KEYS[9], field, expiry)
+  end
+end
+if redis.call('EXISTS', KEYS[9]) == 1 then
+  redis.call('EXPIRE', KEYS[9], ttl)
 end
 if proxy then
   -- Repeats count only while every folder reported is one already told at this version: a

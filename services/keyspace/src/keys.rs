@@ -1,0 +1,89 @@
+//! Key names: only this crate names keys, so the watcher and the frontend cannot drift apart.
+
+use dp_proto::ids::{mailbox_token, token};
+
+/// Key names of one namespace.
+#[derive(Clone, Debug)]
+pub struct Keyspace {
+    ns: String,
+}
+
+impl Keyspace {
+    pub fn new(namespace: &str) -> Self {
+        Keyspace {
+            ns: namespace.to_owned(),
+        }
+    }
+
+    fn mailbox(&self, mailbox: &str, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.ns, mailbox_token(mailbox), suffix)
+    }
+
+    pub fn versions(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "ver")
+    }
+
+    pub fn owners(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "own")
+    }
+
+    pub fn notified(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("ntf:{}", token(device_id)))
+    }
+
+    pub fn params(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("prm:{}", token(device_id)))
+    }
+
+    pub fn unconfirmed(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("unc:{}", token(device_id)))
+    }
+
+    pub fn hierarchy(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "hier")
+    }
+
+    pub fn folders(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("fld:{}", token(device_id)))
+    }
+
+    pub fn sync_state(&self, mailbox: &str, device_id: &str) -> String {
+        self.mailbox(mailbox, &format!("syn:{}", token(device_id)))
+    }
+
+    pub fn watched(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "wat")
+    }
+
+    /// A pattern matching every key of the namespace (for tests and tools that clean up).
+    pub fn all_keys_pattern(&self) -> String {
+        format!("{}:*", self.ns)
+    }
+}
+
+/// One device of one mailbox, as the scripts need it.
+#[derive(Clone, Copy, Debug)]
+pub struct Device<'a> {
+    pub mailbox: &'a str,
+    pub device_id: &'a str,
+    /// [`dp_proto::ids::device_key`] of the two.
+    pub key: &'a str,
+}
+
+/// Who acknowledges a Status 2 (ARCHITECTURE.md, I2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No Sync is visible: the answer itself, once the device is known to have heard it.
+    Standalone,
+    /// In front of an ActiveSync server: the device's completed Sync of the folder.
+    Proxy,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Proxy => "proxy",
+        }
+    }
+}
