@@ -55,6 +55,22 @@ impl Keyspace {
         self.mailbox(mailbox, "wat")
     }
 
+    /// Sorted set: canonical mailbox -> until when (ms) it has a parked Ping. Written by the
+    /// frontends only while an IMAP watcher runs (it reads it to know what to watch).
+    pub fn pinged(&self) -> String {
+        format!("{}:pinged", self.ns)
+    }
+
+    /// Hash: IMAP watcher replica -> until when (ms) it is alive.
+    pub fn imap_replicas(&self) -> String {
+        format!("{}:imap:replicas", self.ns)
+    }
+
+    /// Hash: the mailbox's store folders as the IMAP watcher last saw them.
+    pub fn imap_seen(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "imap")
+    }
+
     /// A pattern matching every key of the namespace (for tests and tools that clean up).
     pub fn all_keys_pattern(&self) -> String {
         format!("{}:*", self.ns)

@@ -23,6 +23,7 @@ use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
+mod imap;
 mod keys;
 mod operator;
 mod owner;

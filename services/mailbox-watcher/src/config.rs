@@ -21,7 +21,7 @@ pub struct WatcherArgs {
     /// Bearer token the ingest API requires (at least 16 characters).
     #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
     pub ingest_token: Option<String>,
-    /// What this process does: `ingest`, `dispatch`, or both (comma-separated).
+    /// What this process does: `ingest`, `dispatch`, `imap` (comma-separated).
     #[arg(long, env = "WATCHER_ROLES", default_value = "ingest,dispatch")]
     pub roles: String,
     /// Change kinds that wake a parked Ping; the others only bump versions.
@@ -63,6 +63,8 @@ pub struct WatcherArgs {
     /// The store's Sent folder names: EAS type 5 (Sent Items).
     #[arg(long, env = "STORE_SENT", default_value = "Sent")]
     pub store_sent: String,
+    #[command(flatten)]
+    pub imap: crate::imap::ImapArgs,
 }
 
 #[derive(Clone, Debug)]
@@ -83,13 +85,19 @@ pub struct Config {
     pub device_state_ttl: Duration,
     pub max_batch: usize,
     pub store_names: StoreNames,
+    /// The `imap` role's settings, when it is on.
+    pub imap: Option<crate::imap::Settings>,
 }
 
 impl WatcherArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
         let store_names = self.store_names()?;
         let common = self.common.check()?;
-        let (ingest, dispatch) = roles(&self.roles)?;
+        let (ingest, dispatch, imap) = roles(&self.roles)?;
+        let imap = match imap {
+            true => Some(self.imap.check()?),
+            false => None,
+        };
         if ingest && self.ingest_token.as_ref().is_none_or(|t| t.len() < 16) {
             return Err(ConfigError::new(
                 "INGEST_TOKEN",
@@ -120,6 +128,7 @@ impl WatcherArgs {
             dispatch,
             wake_on: wake_on(&self.wake_on)?,
             store_names,
+            imap,
             ingest_token: self.ingest_token,
             coalesce: Duration::from_millis(self.coalesce_ms),
             dispatch_batch: self.dispatch_batch,
@@ -158,22 +167,23 @@ impl WatcherArgs {
     }
 }
 
-/// `WATCHER_ROLES`: (ingest, dispatch).
-fn roles(value: &str) -> Result<(bool, bool), ConfigError> {
-    let (mut ingest, mut dispatch) = (false, false);
+/// `WATCHER_ROLES`: (ingest, dispatch, imap).
+fn roles(value: &str) -> Result<(bool, bool, bool), ConfigError> {
+    let (mut ingest, mut dispatch, mut imap) = (false, false, false);
     for role in value.split(',').map(str::trim) {
         match role {
             "ingest" => ingest = true,
             "dispatch" => dispatch = true,
+            "imap" => imap = true,
             other => {
                 return Err(ConfigError::new(
                     "WATCHER_ROLES",
-                    format!("{other:?} is neither ingest nor dispatch"),
+                    format!("{other:?} is not ingest, dispatch or imap"),
                 ))
             }
         }
     }
-    Ok((ingest, dispatch))
+    Ok((ingest, dispatch, imap))
 }
 
 fn wake_on(value: &str) -> Result<HashSet<ChangeKind>, ConfigError> {

@@ -174,7 +174,7 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
         .collect()
 }
 
-async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
+pub(crate) async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
     let accepted_at = dp_runtime::now_us();
     // The dispatcher continues this request's trace from the message header.
     let headers = crate::trace_headers();

@@ -7,6 +7,7 @@
 
 pub mod config;
 mod dispatch;
+pub mod imap;
 mod ingest;
 pub mod metrics;
 mod ox;
@@ -41,6 +42,8 @@ pub struct Shared {
     stream_ready: AtomicBool,
     /// Set once the dispatcher has Redis and its consumer (with the dispatch role).
     dispatch_ready: AtomicBool,
+    /// Set while the imap role reaches Redis (with that role).
+    imap_ready: Arc<AtomicBool>,
 }
 
 /// Creates the change stream if it is missing (and keeps its settings current).
@@ -91,6 +94,7 @@ pub async fn run(
         subjects: Subjects::new(&config.common.namespace),
         stream_ready: AtomicBool::new(false),
         dispatch_ready: AtomicBool::new(false),
+        imap_ready: Arc::new(AtomicBool::new(false)),
         config,
         nats,
         metrics,
@@ -158,7 +162,17 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(pod = %shared.config.common.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, "mailbox-watcher running");
+    if let Some(settings) = shared.config.imap.clone() {
+        let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
+            .await
+            .context("REDIS_URL")?;
+        let (s, d, ready) = (shared.clone(), drain.clone(), shared.imap_ready.clone());
+        tasks.push(tokio::spawn(async move {
+            imap::run(s, settings, redis, ready, d).await;
+            Ok(())
+        }));
+    }
+    tracing::info!(pod = %shared.config.common.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, imap = shared.config.imap.is_some(), "mailbox-watcher running");
     drain.signalled().await;
     for task in tasks {
         let _ = task.await;
@@ -180,6 +194,9 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
             }
             if shared.config.dispatch && !shared.dispatch_ready.load(Ordering::Acquire) {
                 problems.push("dispatcher not started (waiting for Redis or its consumer)");
+            }
+            if shared.config.imap.is_some() && !shared.imap_ready.load(Ordering::Acquire) {
+                problems.push("imap role cannot reach Redis");
             }
             dp_runtime::ready_unless(problems)
         })

@@ -17,7 +17,18 @@ pub struct WatchedLabels {
     pub watched: &'static str,
 }
 
+/// The `imap` role's.
+#[derive(Default)]
+pub struct ImapMetrics {
+    pub watched: Gauge,
+    pub over_capacity: Gauge,
+    pub reconnects: Counter,
+    pub sessions: Counter,
+    pub changes: Counter,
+}
+
 pub struct Metrics {
+    pub imap: ImapMetrics,
     pub store_folders: Family<WatchedLabels, Counter>,
     pub ingest_requests: Family<CodeLabels, Counter>,
     pub changes_accepted: Counter,
@@ -32,6 +43,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
         let metrics = Metrics {
+            imap: ImapMetrics::default(),
             store_folders: Family::default(),
             ingest_requests: Family::default(),
             changes_accepted: Counter::default(),
@@ -82,6 +94,31 @@ impl Metrics {
             "dispatch_lag_seconds",
             "From a change's acceptance to its dispatch",
             metrics.dispatch_lag.clone(),
+        );
+        r.register(
+            "imap_watched",
+            "Mailboxes this replica watches over IMAP",
+            metrics.imap.watched.clone(),
+        );
+        r.register(
+            "imap_over_capacity",
+            "Mailboxes this replica should watch but IMAP_MAX_CONNECTIONS leaves unwatched",
+            metrics.imap.over_capacity.clone(),
+        );
+        r.register(
+            "imap_reconnects",
+            "IMAP watch sessions that failed and were started again",
+            metrics.imap.reconnects.clone(),
+        );
+        r.register(
+            "imap_sessions",
+            "IMAP watch sessions established and caught up",
+            metrics.imap.sessions.clone(),
+        );
+        r.register(
+            "imap_changes",
+            "Changes the IMAP role found and made durable",
+            metrics.imap.changes.clone(),
         );
         r.register(
             "jetstream_pending",

@@ -15,6 +15,7 @@ mod limits;
 pub mod metrics;
 mod parked;
 mod ping;
+mod pinged;
 pub mod proxy;
 mod router;
 mod server;
@@ -63,6 +64,8 @@ pub struct Shared {
     ping_rate: limits::RateWindow,
     /// Proxy mode: the ActiveSync server every command but Ping goes to.
     upstream: Option<proxy::Upstream>,
+    /// An IMAP watcher runs: record the mailboxes of parked Pings (see `pinged`).
+    imap_index: AtomicBool,
 }
 
 impl Shared {
@@ -135,6 +138,7 @@ pub async fn run(
         subscribed: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
+        imap_index: AtomicBool::new(false),
         sources: limits::SourceLimit::new(config.max_connections_per_source),
         tls: match &config.tls {
             Some(files) => Some(Arc::new(
@@ -154,6 +158,7 @@ pub async fn run(
         metrics,
     });
     cluster::watch_connection(shared.clone(), nats_events);
+    pinged::watch(shared.clone());
     if let Some(tls) = &shared.tls {
         tls.clone().watch(shared.metrics.tls_reloads.clone());
     }

@@ -255,6 +255,7 @@ async fn claim(
             hierarchy_known,
         })) => {
             waiting.probe = credentials.map(|c| c.every(shared, hierarchy_known));
+            crate::pinged::mark(shared, &waiting.context.mailbox, waiting.owner.expiry_ms);
             if let Some(previous) = previous {
                 evict(
                     shared,

@@ -79,6 +79,15 @@ impl Env {
             .expect("reads history")
     }
 
+    /// A connection to the test's Redis.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("REDIS_URL")
+            .get_multiplexed_tokio_connection()
+            .await
+            .expect("Redis answers")
+    }
+
     /// The recorded owner of the device's parked Ping, if any.
     pub async fn owner(&self, mailbox: &str, device_id: &str) -> Option<dp_keyspace::Owner> {
         let client = redis::Client::open(self.redis_url.as_str()).ok()?;
