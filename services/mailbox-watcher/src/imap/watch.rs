@@ -247,18 +247,13 @@ async fn idle(
     loop {
         let tag = client.send("IDLE").await?;
         let deadline = tokio::time::Instant::now() + ctx.settings.poll;
-        loop {
-            match tokio::time::timeout_at(deadline, client.read()).await {
-                Ok(response) => {
-                    let response = response?;
-                    if response.get(2).is_some_and(stirs) {
-                        break;
-                    }
-                    if parse::untagged(&response) == Untagged::Bye {
-                        anyhow::bail!("the server ended the session");
-                    }
-                }
-                Err(_) => break,
+        while let Ok(response) = tokio::time::timeout_at(deadline, client.read()).await {
+            let response = response?;
+            if response.get(2).is_some_and(stirs) {
+                break;
+            }
+            if parse::untagged(&response) == Untagged::Bye {
+                anyhow::bail!("the server ended the session");
             }
         }
         client.send_raw("DONE").await?;
