@@ -103,6 +103,10 @@ mail_uid = dpmail
 mail_gid = dpmail
 first_valid_uid = 1
 default_login_user = dovenull
+# The IMAP role's measurements hold one session per watched mailbox.
+default_process_limit = 3000
+default_client_limit = 10000
+mail_max_userip_connections = 50
 default_internal_user = dovecot
 service imap-login {
   inet_listener imap {
@@ -112,6 +116,9 @@ service imap-login {
   inet_listener imaps {
     port = 0
   }
+}
+service anvil {
+  client_limit = 10000
 }
 service lmtp {
   unix_listener lmtp {

@@ -2,7 +2,8 @@
 -- that the parked ActiveSync Pings of its devices answer at once.
 --
 -- A push_notification Lua driver script (Dovecot 2.3.19 and later; see README.md beside it).
--- Plugin settings, global or per user from the userdb:
+-- Settings: Dovecot 2.3's plugin settings (global, or per user from the userdb), or Dovecot
+-- 2.4's lua_settings of the driver:
 --   directpush_url            the watcher's ingest base URL, e.g. http://mailbox-watcher:8081
 --   directpush_token          its INGEST_TOKEN
 --   directpush_timeout_msecs  the longest one POST may hold a delivery (default 1000)
@@ -17,6 +18,8 @@
 -- Dovecot's Lua refuses undeclared globals: everything is local but the hook functions.
 
 local client = nil
+-- Dovecot 2.4 hands its lua_settings to script_init; 2.3 has plugin settings per user.
+local init_settings = {}
 
 local function log_error(message)
   dovecot.i_error("directpush: " .. message)
@@ -72,16 +75,33 @@ local function remember(ctx, mailbox, kind)
   end
 end
 
+local function setting(user, key)
+  if user.plugin_getenv then
+    local value = user:plugin_getenv(key)
+    if value ~= nil and value ~= "" then
+      return value
+    end
+  end
+  return init_settings[key]
+end
+
+function script_init(settings)
+  if type(settings) == "table" then
+    init_settings = settings
+  end
+  return 0
+end
+
 function dovecot_lua_notify_begin_txn(user)
-  local url = user:plugin_getenv("directpush_url")
+  local url = setting(user, "directpush_url")
   if url == nil or url == "" then
     return nil
   end
-  local timeout = tonumber(user:plugin_getenv("directpush_timeout_msecs") or "") or 1000
+  local timeout = tonumber(setting(user, "directpush_timeout_msecs") or "") or 1000
   return {
     user = user.username,
     url = string.gsub(url, "/+$", "") .. "/v1/changes",
-    token = user:plugin_getenv("directpush_token") or "",
+    token = setting(user, "directpush_token") or "",
     timeout = timeout,
     changes = {},
     seen = {},

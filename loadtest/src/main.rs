@@ -40,6 +40,8 @@ enum Command {
     Carrier(scenario::carrier::CarrierArgs),
     /// Proxy mode against a stand-in ActiveSync server: enrolment, wakes acknowledged by Sync.
     Proxy(scenario::wake::WakeArgs),
+    /// Store sources against the local Dovecot: Lua delivery latency, its cost, the IMAP role.
+    Store(scenario::store::StoreArgs),
     /// One worker process (started by the scenarios; reads its plan on stdin).
     #[command(hide = true)]
     Worker,
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             Command::Storm(args) => scenario::storm::run(args).await.map(drop),
             Command::Carrier(args) => scenario::carrier::run(args).await.map(drop),
             Command::Proxy(args) => scenario::proxy::run(args).await.map(drop),
+            Command::Store(args) => scenario::store::run(args).await.map(drop),
             Command::Worker => worker::run().await,
         }
     });

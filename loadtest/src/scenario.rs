@@ -1,8 +1,9 @@
-//! The scenarios, one file each: `park`, `wake`, `storm`, `carrier` and `proxy`.
+//! The scenarios, one file each: `park`, `wake`, `storm`, `carrier`, `proxy` and `store`.
 
 pub mod carrier;
 pub mod park;
 pub mod proxy;
+pub mod store;
 pub mod storm;
 pub mod wake;
 

@@ -34,20 +34,47 @@ pub struct MailUser {
 }
 
 impl MailUser {
-    pub fn create(prefix: &str, fields: &[(&str, String)]) -> MailUser {
-        let name = format!("{prefix}{:08x}", rand::random::<u32>());
+    /// Adds the user and waits until Dovecot knows it: Dovecot re-reads its passwd-file at most
+    /// once a second, so a user added just after a lookup is unknown for up to a second.
+    pub async fn create(prefix: &str, fields: &[(&str, String)]) -> MailUser {
+        let mut users = MailUser::create_many(prefix, 1, fields).await;
+        users.remove(0)
+    }
+
+    /// `count` users at once (one write, one wait for Dovecot).
+    pub async fn create_many(
+        prefix: &str,
+        count: usize,
+        fields: &[(&str, String)],
+    ) -> Vec<MailUser> {
         let extra: Vec<String> = fields
             .iter()
             .map(|(k, v)| format!("userdb_{k}={v}"))
             .collect();
-        let line = format!("{name}:{{PLAIN}}pw::::::{}\n", extra.join(" "));
+        let users: Vec<MailUser> = (0..count)
+            .map(|_| MailUser {
+                name: format!("{prefix}{:08x}", rand::random::<u32>()),
+            })
+            .collect();
+        let lines: String = users
+            .iter()
+            .map(|u| format!("{}:{{PLAIN}}pw::::::{}\n", u.name, extra.join(" ")))
+            .collect();
         // One write in append mode: tests add users concurrently.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(peers_dir().join("dovecot/passwd"))
             .expect("Dovecot's passwd file: run scripts/peers.sh start");
-        file.write_all(line.as_bytes()).expect("user added");
-        MailUser { name }
+        file.write_all(lines.as_bytes()).expect("users added");
+        if let Some(last) = users.last() {
+            crate::wait_for(
+                &format!("Dovecot to know {}", last.name),
+                Duration::from_secs(10),
+                || async { doveadm(&["user", &last.name]).await.ok() },
+            )
+            .await;
+        }
+        users
     }
 
     /// The plugin settings that make Dovecot tell this watcher of the user's changes.
@@ -123,22 +150,28 @@ impl MailUser {
 
     /// Runs `doveadm <command> -u <user> <args>`.
     pub async fn doveadm(&self, command: &[&str], args: &[&str]) -> std::io::Result<String> {
-        let output = tokio::process::Command::new("doveadm")
-            .arg("-c")
-            .arg(config())
-            .args(command)
-            .args(["-u", &self.name])
-            .args(args)
-            .output()
-            .await?;
-        if !output.status.success() {
-            return Err(std::io::Error::other(format!(
-                "doveadm {command:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let mut all: Vec<&str> = command.to_vec();
+        all.extend(["-u", &self.name]);
+        all.extend(args);
+        doveadm(&all).await
     }
+}
+
+/// Runs `doveadm` with the private Dovecot's configuration.
+pub async fn doveadm(args: &[&str]) -> std::io::Result<String> {
+    let output = tokio::process::Command::new("doveadm")
+        .arg("-c")
+        .arg(config())
+        .args(args)
+        .output()
+        .await?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "doveadm {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A message to deliver, with a unique subject to look for.

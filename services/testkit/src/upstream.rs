@@ -106,6 +106,26 @@ pub fn folder_sync_tree(key: &str, folders: &[(&str, &str, &str, &str)]) -> Vec<
     encode(&root).unwrap_or_default()
 }
 
+/// A Sync request for one collection at `key`.
+pub fn sync_request(collection: &str, key: &str) -> Vec<u8> {
+    use dp_proto::wbxml::{encode, Element};
+    let c = Element::new(0, 0x0F)
+        .child(Element::with_text(0, 0x0B, key))
+        .child(Element::with_text(0, 0x12, collection));
+    encode(&Element::new(0, 0x05).child(Element::new(0, 0x1C).child(c))).unwrap_or_default()
+}
+
+/// Answers a Sync request by completing every collection it asks for, under key `k2`.
+pub fn sync_echo(request: &Received) -> Answer {
+    let (sync, _): (dp_proto::sync::Sync, bool) = dp_proto::sync::scan(&request.body);
+    let done: Vec<(&str, &str)> = sync
+        .collections
+        .iter()
+        .map(|c| (c.id.as_str(), "k2"))
+        .collect();
+    Answer::wbxml(sync_answer(&done))
+}
+
 /// A Sync answer completing these collections (id, new SyncKey) with Status 1.
 pub fn sync_answer(collections: &[(&str, &str)]) -> Vec<u8> {
     use dp_proto::wbxml::{encode, Element};

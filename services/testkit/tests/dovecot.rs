@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use dp_proto::ping::PingStatus;
 use dp_proto::query::Command;
-use dp_proto::sync::Sync;
 use dp_proto::wbxml::{encode, Element};
 use dp_testkit::client::ping_body;
 use dp_testkit::dovecot::{self, MailUser};
 use dp_testkit::imap::Imap;
-use dp_testkit::upstream::{folder_sync_tree, sync_answer, Answer, Received, Upstream};
+use dp_testkit::upstream::{folder_sync_tree, sync_echo, sync_request, Answer, Received, Upstream};
 use dp_testkit::{Device, Env, Frontend, HttpResponse, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -45,16 +44,7 @@ async fn standin() -> Upstream {
             .unwrap_or_default();
         match request.command() {
             Some("FolderSync") => Answer::wbxml(folder_sync_tree("1", &hierarchy(device))),
-            Some("Sync") => {
-                // Every collection asked for is complete, under a new key.
-                let (sync, _): (Sync, bool) = dp_proto::sync::scan(&request.body);
-                let done: Vec<(&str, &str)> = sync
-                    .collections
-                    .iter()
-                    .map(|c| (c.id.as_str(), "k2"))
-                    .collect();
-                Answer::wbxml(sync_answer(&done))
-            }
+            Some("Sync") => sync_echo(request),
             _ => Answer::new(200, Vec::new()),
         }
     })
@@ -99,13 +89,8 @@ async fn park(
 /// Syncs a collection through the proxy, as a device does after a Status 2: in proxy mode
 /// that is what acknowledges it.
 async fn sync(device: &mut Device, collection: &str) {
-    let c = Element::new(0, 0x0F)
-        .child(Element::with_text(0, 0x0B, "k1"))
-        .child(Element::with_text(0, 0x12, collection));
-    let body =
-        encode(&Element::new(0, 0x05).child(Element::new(0, 0x1C).child(c))).expect("encodes");
     let answer = device
-        .command(Command::Sync, &body, "")
+        .command(Command::Sync, &sync_request(collection, "k1"), "")
         .await
         .expect("Sync");
     assert_eq!(answer.status, 200);
@@ -134,6 +119,25 @@ fn print_latency(what: &str, took: &[Duration]) {
     println!("{what}: {}", ms.join(", "));
 }
 
+/// The mail is in INBOX, and Dovecot's log names the POST that failed for this user.
+async fn delivered_and_logged(user: &MailUser, subject: &str) {
+    let found = user
+        .doveadm(
+            &["search"],
+            &["mailbox", "INBOX", "header", "Subject", subject],
+        )
+        .await
+        .expect("search");
+    assert!(!found.trim().is_empty(), "the mail was delivered");
+    assert!(
+        dovecot::log()
+            .lines()
+            .any(|l| l.contains(&user.name) && l.contains("directpush: POST")),
+        "Dovecot's log names the failed POST for {}",
+        user.name
+    );
+}
+
 /// LMTP delivery, `dovecot-lda` delivery and an IMAP APPEND each wake the parked Pings of two
 /// devices on their own Inbox or Archive ServerIds; `doveadm mailbox create` answers Status 7;
 /// with the watcher gone, delivery still succeeds and Dovecot logs why no one was told.
@@ -146,7 +150,8 @@ async fn dovecot_changes_wake_each_devices_own_folders() {
     let user = MailUser::create(
         "dp",
         &MailUser::directpush_fields(watcher.addr, &env.ingest_token),
-    );
+    )
+    .await;
     env.account(&user.name, "pw").await;
     user.doveadm(&["mailbox", "create"], &["Archive"])
         .await
@@ -226,21 +231,7 @@ async fn dovecot_changes_wake_each_devices_own_folders() {
         "dovecot-lda with the watcher down: {:.1} ms",
         took.as_secs_f64() * 1e3
     );
-    let listed = user
-        .doveadm(
-            &["search"],
-            &["mailbox", "INBOX", "header", "Subject", &subject],
-        )
-        .await
-        .expect("search");
-    assert!(!listed.trim().is_empty(), "the mail was delivered");
-    let log = dovecot::log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains(&user.name) && l.contains("directpush: POST")),
-        "Dovecot's log names the failed POST for {}",
-        user.name
-    );
+    delivered_and_logged(&user, &subject).await;
     env.cleanup().await;
 }
 
@@ -256,7 +247,7 @@ async fn dovecots_ox_driver_wakes_through_the_ox_endpoint() {
         "ox:url=http://directpush:{}@{}/v1/ox",
         env.ingest_token, watcher.addr
     );
-    let user = MailUser::create("ox", &[("push_notification_driver2", driver)]);
+    let user = MailUser::create("ox", &[("push_notification_driver2", driver)]).await;
     env.account(&user.name, "pw").await;
     // The OX driver pushes only for users whose metadata names them.
     user.doveadm(
@@ -307,26 +298,13 @@ async fn a_watcher_that_never_answers_does_not_hold_delivery() {
             ("directpush_token", "t".repeat(16)),
             ("directpush_timeout_msecs", "300".into()),
         ],
-    );
+    )
+    .await;
     let (subject, message) = dovecot::message(&user.name);
     let took = user.deliver_lda(&message).await.expect("delivered");
     println!(
         "dovecot-lda with a silent watcher (timeout 300 ms): {:.1} ms",
         took.as_secs_f64() * 1e3
     );
-    let found = user
-        .doveadm(
-            &["search"],
-            &["mailbox", "INBOX", "header", "Subject", &subject],
-        )
-        .await
-        .expect("search");
-    assert!(!found.trim().is_empty(), "the mail was delivered");
-    assert!(
-        dovecot::log()
-            .lines()
-            .any(|l| l.contains(&user.name) && l.contains("directpush: POST")),
-        "Dovecot's log names the failed POST for {}",
-        user.name
-    );
+    delivered_and_logged(&user, &subject).await;
 }

@@ -12,7 +12,7 @@ use dp_proto::wbxml::{encode, Element};
 use dp_testkit::client::ping_body;
 use dp_testkit::dovecot::{self, MailUser, MASTER};
 use dp_testkit::proxy::Proxy;
-use dp_testkit::upstream::{folder_sync_tree, sync_answer, Answer, Received, Upstream};
+use dp_testkit::upstream::{folder_sync_tree, sync_echo, sync_request, Answer, Received, Upstream};
 use dp_testkit::{Device, Env, Frontend, HttpResponse, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -26,15 +26,7 @@ async fn standin() -> Upstream {
                 ("mail/Archive", "0", "Archive", "12"),
             ],
         )),
-        Some("Sync") => {
-            let (sync, _): (dp_proto::sync::Sync, bool) = dp_proto::sync::scan(&request.body);
-            let done: Vec<(&str, &str)> = sync
-                .collections
-                .iter()
-                .map(|c| (c.id.as_str(), "k2"))
-                .collect();
-            Answer::wbxml(sync_answer(&done))
-        }
+        Some("Sync") => sync_echo(request),
         _ => Answer::new(200, Vec::new()),
     })
     .await
@@ -90,11 +82,7 @@ async fn woken(parked: Parked) -> Device {
     let ping = answer.ping();
     assert_eq!(ping.status, PingStatus::Changes, "{ping:?}");
     assert_eq!(ping.folders, ["mail/INBOX".to_owned()]);
-    let c = Element::new(0, 0x0F)
-        .child(Element::with_text(0, 0x0B, "k1"))
-        .child(Element::with_text(0, 0x12, "mail/INBOX"));
-    let body =
-        encode(&Element::new(0, 0x05).child(Element::new(0, 0x1C).child(c))).expect("encodes");
+    let body = sync_request("mail/INBOX", "k1");
     let synced = device
         .command(Command::Sync, &body, "")
         .await
@@ -167,7 +155,7 @@ async fn run(notify: bool) {
     let _dispatch = Watcher::start(&env, "w", &[]).await;
     let upstream = standin().await;
     let frontend = Frontend::start(&env, "a", &[("--upstream-url", &upstream.url())]).await;
-    let user = MailUser::create("imap", &[]);
+    let user = MailUser::create("imap", &[]).await;
     env.account(&user.name, "pw").await;
     let mut owner = None;
 

@@ -24,7 +24,8 @@ async fn fresh_user(env: &Env, watcher: &Watcher) -> MailUser {
     let user = MailUser::create(
         "sogo",
         &MailUser::directpush_fields(watcher.addr, &env.ingest_token),
-    );
+    )
+    .await;
     let sogo = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/sogo")
         .await
         .expect("SOGo's database: run scripts/peers.sh start");

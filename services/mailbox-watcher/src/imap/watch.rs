@@ -191,18 +191,7 @@ async fn apply(
         Untagged::Status { name, items } => {
             let then = seen.get(&name).copied().unwrap_or_default();
             let now = Untagged::counters(&items, then);
-            if let Some(kind) = change_of(&then, &now) {
-                publish(ctx, mailbox, &[(name.clone(), kind)]).await?;
-            }
-            save(
-                ctx,
-                mailbox,
-                false,
-                &Folders::from([(name.clone(), now)]),
-                &[],
-            )
-            .await?;
-            seen.insert(name, now);
+            record(ctx, mailbox, seen, name, now).await?;
         }
         Untagged::List { name, gone, .. } => {
             publish(ctx, mailbox, &[(name.clone(), ChangeKind::Hierarchy)]).await?;
@@ -304,20 +293,32 @@ async fn poll(
     };
     for name in wanted {
         let now = status(client, &name, items).await?;
-        let then = seen.get(&name).copied().unwrap_or_default();
-        if let Some(kind) = change_of(&then, &now) {
-            publish(ctx, mailbox, &[(name.clone(), kind)]).await?;
-            save(
-                ctx,
-                mailbox,
-                false,
-                &Folders::from([(name.clone(), now)]),
-                &[],
-            )
-            .await?;
-        }
-        seen.insert(name, now);
+        record(ctx, mailbox, seen, name, now).await?;
     }
+    Ok(())
+}
+
+/// A folder's counters now: what changed is made durable first, then remembered.
+async fn record(
+    ctx: &Context,
+    mailbox: &str,
+    seen: &mut Folders,
+    name: String,
+    now: Counters,
+) -> anyhow::Result<()> {
+    let then = seen.get(&name).copied().unwrap_or_default();
+    if let Some(kind) = change_of(&then, &now) {
+        publish(ctx, mailbox, &[(name.clone(), kind)]).await?;
+        save(
+            ctx,
+            mailbox,
+            false,
+            &Folders::from([(name.clone(), now)]),
+            &[],
+        )
+        .await?;
+    }
+    seen.insert(name, now);
     Ok(())
 }
 
