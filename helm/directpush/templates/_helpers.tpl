@@ -41,6 +41,10 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.watcher.existingIngestSecret | default (include "directpush.secretName" .) }}
 {{- end -}}
 
+{{- define "directpush.imapSecret" -}}
+{{ .Values.watcher.existingImapSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
 {{- define "directpush.jwtSecret" -}}
 {{ .Values.frontend.auth.existingJwtSecret | default (include "directpush.secretName" .) }}
 {{- end -}}

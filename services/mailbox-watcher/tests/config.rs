@@ -4,7 +4,7 @@ use std::process::Command;
 
 #[test]
 fn bad_settings_exit_64_and_name_the_setting() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--roles", "ingest"], "INGEST_TOKEN"),
         (&["--ingest-token", "short"], "INGEST_TOKEN"),
         (
@@ -33,6 +33,20 @@ fn bad_settings_exit_64_and_name_the_setting() {
                 "::",
             ],
             "STORE_FOLDER_SEPARATOR",
+        ),
+        (&["--roles", "imap"], "IMAP_URL"),
+        (
+            &[
+                "--roles",
+                "imap",
+                "--imap-url",
+                "pop3://mail",
+                "--imap-master-user",
+                "m",
+                "--imap-master-password",
+                "p",
+            ],
+            "IMAP_URL",
         ),
     ];
     for (args, named) in cases {

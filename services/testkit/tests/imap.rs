@@ -211,3 +211,34 @@ async fn the_imap_role_watches_with_notify_and_misses_nothing_across_a_cut() {
 async fn the_imap_role_watches_with_idle_where_there_is_no_notify() {
     run(false).await;
 }
+
+/// A mailbox is watched while it has a parked Ping, and dropped `IMAP_DROP_AFTER_SECS` after its
+/// last one ended; the replica's connections follow.
+#[tokio::test]
+async fn a_mailbox_without_parked_pings_is_dropped() {
+    let env = Env::new().await;
+    let imap: SocketAddr = dovecot::IMAP.parse().expect("addr");
+    let watcher = imap_watcher(&env, "i", imap, &[("--imap-drop-after-secs", "1")]).await;
+    let users = MailUser::create_many("drop", 2, &[]).await;
+    let store = dp_keyspace::Store::new(&env.namespace, 86_400);
+    let mut redis = env.redis().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // One Ping lasts an hour; the other ends in a moment.
+    store
+        .mark_pinged(&mut redis, &users[0].name, now + 3_600_000)
+        .await
+        .expect("marked");
+    store
+        .mark_pinged(&mut redis, &users[1].name, now + 1_500)
+        .await
+        .expect("marked");
+    wait_sessions(&watcher, 2.0).await;
+    dp_testkit::wait_for("the idle mailbox dropped", 20 * SECOND, || async {
+        (watcher.metric("dp_watcher_imap_watched").await == 1.0).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
