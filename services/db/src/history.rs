@@ -295,6 +295,22 @@ pub async fn maintain_partitions(pool: &PgPool, retention_days: Option<u32>) -> 
                     "old history dropped"
                 );
             }
+            // A device unseen for as long as history is kept goes with its history: a flood of
+            // made-up DeviceIds does not stay in the table for good.
+            let forgotten = sqlx::query(
+                "DELETE FROM devices WHERE last_seen < now() - make_interval(days => $1)",
+            )
+            .bind(days as i32)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if forgotten > 0 {
+                tracing::info!(
+                    devices = forgotten,
+                    retention_days = days,
+                    "devices unseen for the retention forgotten"
+                );
+            }
         }
         Ok::<_, sqlx::Error>(())
     }

@@ -51,6 +51,10 @@ impl Keyspace {
         self.mailbox(mailbox, &format!("syn:{}", token(device_id)))
     }
 
+    pub fn devices(&self, mailbox: &str) -> String {
+        self.mailbox(mailbox, "dev")
+    }
+
     pub fn watched(&self, mailbox: &str) -> String {
         self.mailbox(mailbox, "wat")
     }

@@ -14,6 +14,7 @@
 //! | `<ns>:{M}:unc:<device>` | hash | the last Status 2 not yet known heard: `_until` (ms) and folder id -> the version it replaced |
 //! | `<ns>:{M}:hier` | string | the mailbox's hierarchy version, raised by every change of kind `hierarchy` |
 //! | `<ns>:{M}:fld:<device>` | hash | proxy mode: the device's folders from FolderSync, ServerId -> `type\tparent\tname`; the empty field holds the hierarchy version they reflect |
+//! | `<ns>:{M}:dev` | sorted set | device key -> its last Ping (ms): at most `MAX_DEVICES_PER_MAILBOX` |
 //! | `<ns>:{M}:wat` | hash | `s:<path>` -> until when (ms) a parked Ping watches that store folder |
 //! | `<ns>:{M}:syn:<device>` | hash | proxy mode: `r` Status 2 answers since the last Sync, `p:<id>` the version last reported, `l` the last full Sync request's collections (JSON), `k:<id>` each collection's last SyncKey |
 #![forbid(unsafe_code)]
@@ -36,6 +37,8 @@ pub use proxy::{HierarchyChange, SyncStart, Synced};
 /// What a claim found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
+    /// A new device of a mailbox that has state for as many devices as allowed: refused.
+    TooManyDevices,
     /// Neither the body nor the cache holds a heartbeat and folders: Status 3.
     MissingParameters,
     /// A pinged folder is not in the device's known hierarchy: Status 7.
@@ -124,6 +127,8 @@ pub struct Store {
     pub keys: Keyspace,
     scripts: Scripts,
     ttl_secs: u64,
+    /// Devices one mailbox may have state for (0: no limit).
+    max_devices: u32,
 }
 
 impl Store {
@@ -132,7 +137,14 @@ impl Store {
             keys: Keyspace::new(namespace),
             scripts: Scripts::default(),
             ttl_secs,
+            max_devices: 0,
         }
+    }
+
+    /// Refuses a claim from a new device once a mailbox has state for `max` devices.
+    pub fn with_max_devices(mut self, max: u32) -> Self {
+        self.max_devices = max;
+        self
     }
 
     /// Records `owner` as the device's parked Ping, merges the request with the cached
@@ -158,19 +170,28 @@ impl Store {
             .key(self.keys.sync_state(device.mailbox, device.device_id))
             .key(self.keys.hierarchy(device.mailbox))
             .key(self.keys.watched(device.mailbox))
+            .key(self.keys.devices(device.mailbox))
             .arg(device.key)
             .arg(owner.encode())
             .arg(self.ttl_secs)
             .arg(request.heartbeat.map_or(String::new(), |h| h.to_string()));
         match &request.folders {
             Some(folders) => {
-                invocation.arg(folders.len()).arg(now_ms).arg(mode.as_str());
+                invocation
+                    .arg(folders.len())
+                    .arg(now_ms)
+                    .arg(mode.as_str())
+                    .arg(self.max_devices);
                 for folder in folders {
                     invocation.arg(&folder.id).arg(folder.class.as_str());
                 }
             }
             None => {
-                invocation.arg(-1).arg(now_ms).arg(mode.as_str());
+                invocation
+                    .arg(-1)
+                    .arg(now_ms)
+                    .arg(mode.as_str())
+                    .arg(self.max_devices);
             }
         }
         let reply: Vec<String> = invocation.invoke_async(conn).await?;
@@ -289,6 +310,7 @@ fn bad_reply(what: &'static str) -> redis::RedisError {
 fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> {
     match reply.first().map(String::as_str) {
         Some("missing") => return Ok(Claim::MissingParameters),
+        Some("full") => return Ok(Claim::TooManyDevices),
         Some("hierarchy") => {
             return Ok(Claim::HierarchyChanged {
                 previous: reply.get(1).and_then(|p| Owner::parse(p)),

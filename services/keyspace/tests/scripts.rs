@@ -756,3 +756,52 @@ async fn store_folders_map_through_each_devices_hierarchy() {
     );
     cleanup(&mut conn, &store).await;
 }
+
+/// A mailbox keeps state for at most `MAX_DEVICES_PER_MAILBOX` devices: a new one beyond them is
+/// refused and writes nothing; the known ones keep working.
+#[tokio::test]
+async fn a_mailbox_has_state_for_at_most_its_device_limit() {
+    let (store, mut conn, ns) = setup().await;
+    let store = store.with_max_devices(2);
+    let keys: Vec<String> = (0..3)
+        .map(|i| device_key("erin", &format!("d{i}")))
+        .collect();
+    let ids = ["d0", "d1", "d2"];
+    let shared = conn.clone();
+    let claim = |i: usize| {
+        let (store, mut conn, key, id) = (&store, shared.clone(), keys[i].clone(), ids[i]);
+        async move {
+            let device = Device {
+                mailbox: "erin",
+                device_id: id,
+                key: &key,
+            };
+            store
+                .claim(
+                    &mut conn,
+                    device,
+                    &owner("a", i as u64),
+                    &full(60, &["1"]),
+                    NOW,
+                    Mode::Standalone,
+                )
+                .await
+                .expect("claim")
+        }
+    };
+    assert!(matches!(claim(0).await, Claim::Claimed { .. }));
+    assert!(matches!(claim(1).await, Claim::Claimed { .. }));
+    assert_eq!(claim(2).await, Claim::TooManyDevices);
+    let owners: Vec<String> = redis::cmd("HKEYS")
+        .arg(store.keys.owners("erin"))
+        .query_async(&mut conn)
+        .await
+        .expect("owners");
+    assert_eq!(owners.len(), 2, "the refused device wrote nothing");
+    assert!(
+        matches!(claim(0).await, Claim::Claimed { .. }),
+        "known devices keep working"
+    );
+    let _ = ns;
+    cleanup(&mut conn, &store).await;
+}

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,8 @@ use crate::Shared;
 const DURABLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 << 20;
+/// How long a client may take to send a body, once its token is checked.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -54,8 +57,32 @@ fn token_matches(expected: &str, given: &str) -> bool {
     Sha256::digest(expected.as_bytes()) == Sha256::digest(given.as_bytes())
 }
 
+/// The body, read only once the caller is known: whole, within `MAX_BODY` and `BODY_TIMEOUT`;
+/// else the answer that refuses it.
+pub(crate) async fn read_body(shared: &Shared, body: Body) -> Result<Bytes, Box<Response>> {
+    let (code, reason) =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(bytes)) => return Ok(bytes),
+            Ok(Err(err)) => {
+                let err = err.into_inner();
+                if err.is::<http_body_util::LengthLimitError>() {
+                    let reason = format!("body over {MAX_BODY} bytes");
+                    (StatusCode::PAYLOAD_TOO_LARGE, reason)
+                } else {
+                    (StatusCode::BAD_REQUEST, format!("body unreadable: {err}"))
+                }
+            }
+            Err(_) => {
+                let reason = format!("body not sent within {} s", BODY_TIMEOUT.as_secs());
+                (StatusCode::REQUEST_TIMEOUT, reason)
+            }
+        };
+    tracing::info!(%reason, "ingest request refused");
+    Err(Box::new(answer(shared, code, json!({ "error": reason }))))
+}
+
 /// One ingest request, traced as a child of the caller's `traceparent` when it sends one.
-async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn changes(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let span = tracing::info_span!("ingest changes", otel.kind = "server");
     let caller = headers
         .get(dp_runtime::telemetry::TRACEPARENT)
@@ -104,10 +131,14 @@ pub(crate) fn unauthorised(shared: &Shared) -> Response {
     response
 }
 
-async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn accept(shared: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     if !authorised(&shared, &headers) {
         return unauthorised(&shared);
     }
+    let body = match read_body(&shared, body).await {
+        Ok(body) => body,
+        Err(refused) => return *refused,
+    };
     let changes = match parse(&body, shared.config.max_batch) {
         Ok(changes) => changes,
         Err(reason) => {

@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use bytes::Bytes;
 use dp_proto::events::{ChangeEvent, ChangeKind};
 use dp_proto::ids::canonical_mailbox;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ingest::{answer, authorised, durable, unauthorised};
+use crate::ingest::{answer, authorised, durable, read_body, unauthorised};
 use crate::Shared;
 
 /// The fields directpush reads; the driver's others (`from`, `subject`, `snippet`, `unseen`,
@@ -29,11 +29,15 @@ struct Notification {
 pub async fn notification(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if !authorised(&shared, &headers) {
         return unauthorised(&shared);
     }
+    let body = match read_body(&shared, body).await {
+        Ok(body) => body,
+        Err(refused) => return *refused,
+    };
     match change(&body) {
         Ok(change) => durable(&shared, vec![change]).await,
         Err(reason) => {

@@ -55,6 +55,13 @@ pub struct FrontendArgs {
     /// Pings one device may send per minute before it gets 503 + Retry-After (0: no limit).
     #[arg(long, env = "PINGS_PER_DEVICE_PER_MINUTE", default_value_t = 60)]
     pub pings_per_device_per_minute: u32,
+    /// Pings one mailbox's devices together may send per minute to one pod (0: no limit).
+    #[arg(long, env = "PINGS_PER_MAILBOX_PER_MINUTE", default_value_t = 0)]
+    pub pings_per_mailbox_per_minute: u32,
+    /// Devices one mailbox may have state for; a Ping from a device beyond them is refused with
+    /// 503 (Exchange's EASMaxDevices; 0: no limit).
+    #[arg(long, env = "MAX_DEVICES_PER_MAILBOX", default_value_t = 100)]
+    pub max_devices_per_mailbox: u32,
     /// Seconds a client is told to wait in Retry-After.
     #[arg(long, env = "RETRY_AFTER_SECS", default_value_t = 30)]
     pub retry_after_secs: u32,
@@ -155,6 +162,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     pub max_connections_per_source: usize,
     pub pings_per_device_per_minute: u32,
+    pub pings_per_mailbox_per_minute: u32,
+    pub max_devices_per_mailbox: u32,
     pub retry_after_secs: u32,
     pub listen_backlog: u32,
     pub reuse_port: bool,
@@ -269,6 +278,8 @@ impl FrontendArgs {
             tls,
             max_connections_per_source: self.max_connections_per_source,
             pings_per_device_per_minute: self.pings_per_device_per_minute,
+            pings_per_mailbox_per_minute: self.pings_per_mailbox_per_minute,
+            max_devices_per_mailbox: self.max_devices_per_mailbox,
             retry_after_secs: self.retry_after_secs,
             listen_backlog: self.listen_backlog,
             reuse_port: self.reuse_port,

@@ -61,7 +61,7 @@ pub struct Shared {
     shutting_down: AtomicBool,
     sources: Arc<limits::SourceLimit>,
     tls: Option<Arc<tls::Tls>>,
-    ping_rate: limits::RateWindow,
+    ping_rates: limits::PingRates,
     /// Proxy mode: the ActiveSync server every command but Ping goes to.
     upstream: Option<proxy::Upstream>,
     /// An IMAP watcher runs: record the mailboxes of parked Pings (see `pinged`).
@@ -120,7 +120,8 @@ pub async fn run(
     let (nats, nats_events) = cluster::connect(&config.common.nats_url, &config.common.pod).await?;
     let start_ms = dp_runtime::now_ms();
     let shared = Arc::new(Shared {
-        store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs()),
+        store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs())
+            .with_max_devices(config.max_devices_per_mailbox),
         subjects: Subjects::new(&config.common.namespace),
         auth: auth::Auth::new(
             pool,
@@ -146,7 +147,10 @@ pub async fn run(
             )),
             None => None,
         },
-        ping_rate: limits::RateWindow::new(config.pings_per_device_per_minute),
+        ping_rates: limits::PingRates {
+            device: limits::RateWindow::new(config.pings_per_device_per_minute),
+            mailbox: limits::RateWindow::new(config.pings_per_mailbox_per_minute),
+        },
         upstream: match config.upstream.clone() {
             Some(upstream) => Some(proxy::Upstream::new(upstream).context("UPSTREAM_URL")?),
             None => None,

@@ -68,6 +68,25 @@ impl Drop for SourceSlot {
     }
 }
 
+/// The Ping rates a pod enforces: per device and per mailbox (one mailbox's devices together).
+pub struct PingRates {
+    pub device: RateWindow,
+    pub mailbox: RateWindow,
+}
+
+impl PingRates {
+    /// The limit the Ping is over (`pings_per_device` or `pings_per_mailbox`) and how long to
+    /// wait, if it is over one. A Ping refused per device does not count against its mailbox.
+    pub fn hit(&self, device: &str, mailbox: &str) -> Result<(), (&'static str, Duration)> {
+        self.device
+            .hit(device)
+            .map_err(|wait| ("pings_per_device", wait))?;
+        self.mailbox
+            .hit(mailbox)
+            .map_err(|wait| ("pings_per_mailbox", wait))
+    }
+}
+
 /// Events per key per fixed one-minute window: Pings per device, failed logins per source and
 /// per account. Windows of keys gone quiet are swept as their shard is touched, so memory
 /// follows the keys active this minute.

@@ -26,6 +26,8 @@ use crate::Shared;
 /// Owner records outlive the heartbeat by this much, so clock skew between pods and the
 /// watcher never hides a parked Ping from a wake.
 const OWNER_GRACE: Duration = Duration::from_secs(30);
+/// Longest User-Agent kept in the history and the devices table (characters).
+const MAX_USER_AGENT: usize = 256;
 
 /// Proxy mode: Status 2 answers in a row without a Sync before the next one is held back.
 /// Exchange answers a second Ping with no Sync between with Status 2 again; a device that
@@ -165,7 +167,11 @@ pub async fn start(
             .protocol_version
             .clone()
             .or_else(|| query.version.map(|v| v.as_str().to_owned())),
-        user_agent: request.user_agent.clone(),
+        // Kept in the history and the devices table: bounded, whatever a client sends.
+        user_agent: request
+            .user_agent
+            .as_deref()
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
         keep_alive: request.keep_alive,
     };
     let ping = match body {
@@ -231,6 +237,15 @@ async fn claim(
         shared.mode(),
     );
     let changed = match tokio::time::timeout(shared.config.redis_timeout, claimed).await {
+        Ok(Ok(Claim::TooManyDevices)) => {
+            shared.count_limited("devices_per_mailbox");
+            tracing::warn!(mailbox = %waiting.context.mailbox, device = %waiting.context.device_id, max = shared.config.max_devices_per_mailbox, "Ping refused: the mailbox has state for MAX_DEVICES_PER_MAILBOX devices");
+            let finished = Finished {
+                http: Some(503),
+                ..Finished::new(PingResponse::server_error(), "too_many_devices")
+            };
+            return answer_now(waiting, finished);
+        }
         Ok(Ok(Claim::MissingParameters)) => {
             return answer_now(
                 waiting,
@@ -560,10 +575,14 @@ async fn answer<S: Transport>(
     if let Some(code) = finished.http {
         count(shared, finished.outcome, "");
         shared.count_http(code);
-        let message = "the ActiveSync server answered this for the device";
-        stream
-            .write_all(&response::error(code, message, &[], !keep_alive))
-            .await?;
+        let bytes = if finished.outcome == "too_many_devices" {
+            let message = "this mailbox has as many devices as allowed; a new one is refused";
+            response::unavailable(shared.config.retry_after_secs, message)
+        } else {
+            let message = "the ActiveSync server answered this for the device";
+            response::error(code, message, &[], !keep_alive)
+        };
+        stream.write_all(&bytes).await?;
         return Ok(());
     }
     let status = finished.response.status.code();

@@ -97,10 +97,10 @@ pub async fn handle<S: Transport>(
         return refuse(&mut x, &request, 501, &message, &[]).await;
     }
     let device = dp_proto::ids::device_key(&mailbox, &query.device_id);
-    if let Err(wait) = x.shared.ping_rate.hit(&device) {
-        x.shared.count_limited("pings_per_device");
-        tracing::info!(%mailbox, device = %query.device_id, "Ping refused: over the per-device rate");
-        let message = "too many Pings from this device; retry later";
+    if let Err((limit, wait)) = x.shared.ping_rates.hit(&device, &mailbox) {
+        x.shared.count_limited(limit);
+        tracing::info!(%mailbox, device = %query.device_id, limit, "Ping refused: over the rate");
+        let message = "too many Pings; retry later";
         return unavailable(&mut x, wait.as_secs(), message).await;
     }
     let (sizes, timeout) = (x.shared.config.sizes, x.shared.config.header_timeout);

@@ -694,3 +694,106 @@ async fn guessing_an_accounts_password_does_not_lock_out_its_devices() {
     assert_eq!(guess.status, 503, "guesses stay throttled");
     env.cleanup().await;
 }
+
+/// The ingest API knows a caller before it reads a body: a wrong token announcing a megabyte it
+/// never sends is answered 401 at once, not waited for.
+#[tokio::test]
+async fn the_ingest_api_checks_the_token_before_the_body() {
+    let env = Env::new().await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let request =
+        "POST /v1/changes HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer wrong-token-0123456789\r\n\
+                   Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n";
+    let answer = tokio::time::timeout(5 * SECOND, raw(w.addr, request.as_bytes()))
+        .await
+        .expect("answered without the body")
+        .expect("an answer");
+    assert_eq!(answer.status, 401);
+    env.cleanup().await;
+}
+
+/// A head trickled (or never finished) on the ingest or admin port is cut off at the header
+/// timeout, not held open.
+#[tokio::test]
+async fn unfinished_heads_on_the_ingest_and_admin_ports_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    for addr in [w.addr, w.admin] {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        stream
+            .write_all(b"POST /v1/changes HTTP/1.1\r\nHost: w\r\n")
+            .await
+            .expect("writes");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            dp_runtime::admin::HEADER_TIMEOUT + 20 * SECOND,
+            stream.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "{addr}: the server closed the connection");
+    }
+    env.cleanup().await;
+}
+
+/// Bounded state and rate per mailbox: a device beyond MAX_DEVICES_PER_MAILBOX is refused with
+/// 503 + Retry-After while the known ones keep working; PINGS_PER_MAILBOX_PER_MINUTE counts a
+/// mailbox's devices together.
+#[tokio::test]
+async fn a_mailbox_is_bounded_in_devices_and_pings() {
+    let env = Env::new().await;
+    env.account("mara", "pw").await;
+    let a = Frontend::start(&env, "a", &[("--max-devices-per-mailbox", "2")]).await;
+    let mut devices: Vec<Device> = (0..3)
+        .map(|i| Device::new(a.addr, "mara", "pw", &format!("d{i}")))
+        .collect();
+    for device in devices.iter_mut().take(2) {
+        let answer = device
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await;
+        assert_eq!(answer.ping().status, PingStatus::Expired);
+    }
+    let refused = devices[2]
+        .ping(Some(&ping_body(1, &["1"])))
+        .await
+        .expect("answer");
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some());
+    let again = devices[0]
+        .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+        .await;
+    assert_eq!(
+        again.ping().status,
+        PingStatus::Expired,
+        "a known device still Pings"
+    );
+    assert_eq!(
+        a.metric("dp_frontend_limited_total{limit=\"devices_per_mailbox\"}")
+            .await,
+        1.0
+    );
+
+    let b = Frontend::start(&env, "b", &[("--pings-per-mailbox-per-minute", "2")]).await;
+    let mut phones: Vec<Device> = (0..2)
+        .map(|i| Device::new(b.addr, "mara", "pw", &format!("d{i}")))
+        .collect();
+    for phone in phones.iter_mut() {
+        let answer = phone
+            .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)
+            .await;
+        assert_eq!(answer.ping().status, PingStatus::Expired);
+    }
+    let over = phones[0]
+        .ping(Some(&ping_body(1, &["1"])))
+        .await
+        .expect("answer");
+    assert_eq!(over.status, 503, "the mailbox's third Ping this minute");
+    assert_eq!(
+        b.metric("dp_frontend_limited_total{limit=\"pings_per_mailbox\"}")
+            .await,
+        1.0
+    );
+    env.cleanup().await;
+}

@@ -233,3 +233,31 @@ async fn partitions_are_created_and_expired() {
     );
     env.cleanup().await;
 }
+
+/// Devices unseen for the history's retention are forgotten with it; a flood of made-up
+/// DeviceIds does not stay in the table.
+#[tokio::test]
+async fn devices_unseen_for_the_retention_are_forgotten() {
+    let env = Env::new().await;
+    for (device, days) in [("old", 40), ("recent", 2)] {
+        sqlx::query(
+            "INSERT INTO devices (mailbox, device_id, device_type, first_seen, last_seen)
+             VALUES ('nina', $1, 'Phone', now() - make_interval(days => $2), now() - make_interval(days => $2))",
+        )
+        .bind(device)
+        .bind(days)
+        .execute(&env.pool)
+        .await
+        .expect("device row");
+    }
+    dp_db::history::maintain_partitions(&env.pool, Some(30))
+        .await
+        .expect("maintained");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT device_id FROM devices WHERE mailbox = 'nina'")
+            .fetch_all(&env.pool)
+            .await
+            .expect("devices");
+    assert_eq!(left, ["recent"]);
+    env.cleanup().await;
+}

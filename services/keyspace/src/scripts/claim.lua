@@ -1,24 +1,38 @@
 -- claim: run by the frontend on every Ping, atomically.
 -- KEYS: 1 versions, 2 owners, 3 notified (this device), 4 params (this device),
 --       5 unconfirmed (this device), 6 folders (this device), 7 sync state (this device),
---       8 the mailbox's hierarchy version, 9 the mailbox's watched store folders
+--       8 the mailbox's hierarchy version, 9 the mailbox's watched store folders,
+--       10 the mailbox's devices
 -- ARGV: 1 device key, 2 owner value "pod\trequest\texpiry_ms", 3 ttl seconds,
 --       4 heartbeat ('' when the body has none), 5 folder count (-1 when the body has none),
 --       6 now (ms), 7 mode ('proxy': acknowledged by Sync; 'standalone': by the answer),
---       8.. folder id, class, id, class, ...
--- Returns {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
+--       8 most devices per mailbox (0: no limit), 9.. folder id, class, id, class, ...
+-- Returns {'full'} when the device is new and the mailbox has state for as many devices as
+-- allowed (nothing is written); {'missing'} when heartbeat or folders are neither in the body nor cached (Status 3);
 -- {'hierarchy', previous owner or ''} when a folder is not in the device's known hierarchy
 -- (Status 7); else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or
 -- '', Status 2 answers since the last Sync ('0' when a change is fresh), '1' when the device's
 -- hierarchy is known, changed id, version, changed id, version, ...}.
 local ttl = tonumber(ARGV[3])
+local now = tonumber(ARGV[6])
+-- Devices with state, by their last Ping: a flood of fresh DeviceIds is refused instead of
+-- filling Redis, and the devices already known keep working (their state is not evicted).
+local max_devices = tonumber(ARGV[8])
+if max_devices > 0 and not redis.call('ZSCORE', KEYS[10], ARGV[1]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', now - ttl * 1000)
+  if redis.call('ZCARD', KEYS[10]) >= max_devices then
+    return {'full'}
+  end
+end
+redis.call('ZADD', KEYS[10], now, ARGV[1])
+redis.call('EXPIRE', KEYS[10], ttl)
 local heartbeat = tonumber(ARGV[4])
 local count = tonumber(ARGV[5])
 local folders = nil
 if count >= 0 then
   folders = {}
   for i = 0, count - 1 do
-    folders[#folders + 1] = {ARGV[8 + 2 * i], ARGV[9 + 2 * i]}
+    folders[#folders + 1] = {ARGV[9 + 2 * i], ARGV[10 + 2 * i]}
   end
 end
 local from_body = heartbeat ~= nil or folders ~= nil
@@ -80,7 +94,7 @@ if #unconfirmed > 0 then
       restore[#restore + 1] = unconfirmed[i + 1]
     end
   end
-  if until_ms and tonumber(ARGV[6]) >= until_ms and #restore > 0 then
+  if until_ms and now >= until_ms and #restore > 0 then
     redis.call('HSET', KEYS[3], unpack(restore))
   end
   redis.call('DEL', KEYS[5])
