@@ -145,6 +145,15 @@ pub fn watch_connection(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver
                         "NATS connected; parked Pings re-check for missed changes"
                     );
                 }
+                Event::SlowConsumer(_) => {
+                    // The client dropped messages of a subscription it could not keep up
+                    // with: wakes may be among them, so every parked Ping looks in Redis.
+                    let parked = shared.parked.tell_all(|s| s.recheck = true);
+                    tracing::warn!(
+                        parked,
+                        "NATS slow consumer: wakes may have been dropped; parked Pings re-check"
+                    );
+                }
                 Event::Disconnected => {
                     tracing::warn!(
                         "NATS disconnected; wakes for this pod are lost until it reconnects"

@@ -396,7 +396,7 @@ pub async fn wait<S: Transport>(
                     match Box::pin(recheck(waiting)).await {
                         Some(Check::Superseded) => return Ok(ended(PingResponse::expired(), "superseded")),
                         Some(Check::Changed(found)) => news.extend(found),
-                        None => {}
+                        None => recheck_later(waiting),
                     }
                 }
                 if !news.is_empty() {
@@ -467,6 +467,24 @@ async fn probe(waiting: &Waiting) -> Option<Finished> {
         };
     finished.heartbeat = Some(waiting.heartbeat);
     Some(finished)
+}
+
+/// How long a failed re-check waits before it is tried again.
+const RECHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// A re-check that failed (Redis unreachable) is tried again until it succeeds or the Ping
+/// ends: the wakes it stands in for are lost, and only Redis knows what they said.
+fn recheck_later(waiting: &Waiting) {
+    let registration = &waiting.registration;
+    let (shared, key, request) = (
+        registration.shared.clone(),
+        registration.key.clone(),
+        registration.request,
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(RECHECK_RETRY).await;
+        shared.parked.tell(&key, request, |s| s.recheck = true);
+    });
 }
 
 async fn recheck(waiting: &Waiting) -> Option<Check> {

@@ -240,3 +240,65 @@ async fn a_wake_written_into_a_silently_dropped_connection_is_reported_again() {
     assert_eq!(settled.status, PingStatus::Expired);
     env.cleanup().await;
 }
+
+/// Issue 12, item 10: the re-check after a NATS reconnect fails while Redis is unreachable; it
+/// is tried again until Redis answers, and the change whose wake was lost is reported then, not
+/// at the heartbeat's end.
+#[tokio::test]
+async fn a_failed_recheck_is_retried_until_redis_answers() {
+    let env = Env::new().await;
+    env.account("rhea", "pw").await;
+    let nats = Proxy::start(nats_addr(&env)).await;
+    let redis: SocketAddr = env
+        .redis_url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("REDIS_URL is redis://ip:port");
+    let redis_proxy = Proxy::start(redis).await;
+    let (nats_url, redis_url) = (
+        format!("nats://{}", nats.addr),
+        format!("redis://{}", redis_proxy.addr),
+    );
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[("--nats-url", &nats_url), ("--redis-url", &redis_url)],
+    )
+    .await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, "rhea", "pw", "p");
+    // Heartbeat 300 s, and the device waits 60 s at most: the answer must come from the
+    // retried re-check, not from the heartbeat.
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(300, &["1"])), 60 * SECOND)
+            .await
+    });
+    env.wait_parked("rhea", "p", "a", None).await;
+
+    // The wake is lost (NATS cut), and the re-check after the reconnect fails (Redis cut).
+    nats.cut().await;
+    w.change(&env, "rhea", &["1"]).await;
+    w.wait_dispatched(1).await;
+    redis_proxy.cut().await;
+    nats.restore();
+    let admin = a.admin;
+    wait_for("the pod back on NATS", 20 * SECOND, || async move {
+        let metrics = http_get(admin, "/metrics").await.ok()?;
+        (dp_testkit::services::sample(&metrics.text(), "dp_frontend_nats_reconnects_total") >= 1.0)
+            .then_some(())
+    })
+    .await;
+    wait_for("the re-check to fail", 20 * SECOND, || async {
+        (a.metric("dp_frontend_redis_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    redis_proxy.restore();
+
+    let answer = parked.await.expect("device task").ping();
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["1".to_owned()])
+    );
+    env.cleanup().await;
+}
