@@ -178,6 +178,22 @@ impl Subjects {
         format!("{}_changes", self.ns)
     }
 
+    /// `<ns>.dead.<mailbox token>`: a change no dispatch could carry out, kept in the
+    /// dead-letter stream for an operator.
+    pub fn dead(&self, mailbox: &str) -> String {
+        format!("{}.dead.{}", self.ns, token(mailbox))
+    }
+
+    /// `<ns>.dead.>`.
+    pub fn all_dead(&self) -> String {
+        format!("{}.dead.>", self.ns)
+    }
+
+    /// The dead-letter stream's name.
+    pub fn dead_stream(&self) -> String {
+        format!("{}_dead", self.ns)
+    }
+
     /// `<ns>.pod.<pod>.wake`.
     pub fn wake(&self, pod: &str) -> String {
         format!("{}.pod.{}.wake", self.ns, token(pod))

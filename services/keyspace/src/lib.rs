@@ -96,6 +96,7 @@ pub struct Scripts {
     sync_start: Script,
     synced: Script,
     reported: Script,
+    release: Script,
 }
 
 impl Default for Scripts {
@@ -118,6 +119,7 @@ impl Default for Scripts {
             )),
             synced: Script::new(include_str!("scripts/synced.lua")),
             reported: Script::new(include_str!("scripts/reported.lua")),
+            release: Script::new(include_str!("scripts/release.lua")),
         }
     }
 }
@@ -260,6 +262,26 @@ impl Store {
         }
         let _: i64 = invocation.invoke_async(conn).await?;
         Ok(())
+    }
+
+    /// Forgets the owner entry of a Ping that has ended (request `request` on `pod`), unless
+    /// a newer Ping owns the device by now.
+    pub async fn release<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        pod: &str,
+        request: u64,
+    ) -> RedisResult<bool> {
+        let released: i64 = self
+            .scripts
+            .release
+            .key(self.keys.owners(device.mailbox))
+            .arg(device.key)
+            .arg(format!("{pod}\t{request}\t"))
+            .invoke_async(conn)
+            .await?;
+        Ok(released == 1)
     }
 
     /// Whether a parked Ping still owns its device and which monitored folders have news.

@@ -805,3 +805,64 @@ async fn a_mailbox_has_state_for_at_most_its_device_limit() {
     let _ = ns;
     cleanup(&mut conn, &store).await;
 }
+
+/// An ended Ping's owner entry goes, but never a newer Ping's: bump reads only live owners.
+#[tokio::test]
+async fn an_ended_ping_releases_its_owner_entry_and_only_its_own() {
+    let (store, mut conn, _) = setup().await;
+    let key = device_key("fay", "p");
+    let device = Device {
+        mailbox: "fay",
+        device_id: "p",
+        key: &key,
+    };
+    let owners = |conn: redis::aio::MultiplexedConnection| {
+        let name = store.keys.owners("fay");
+        async move {
+            let mut conn = conn;
+            let n: i64 = redis::cmd("HLEN")
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .expect("HLEN");
+            n
+        }
+    };
+    store
+        .claim(
+            &mut conn,
+            device,
+            &owner("a", 1),
+            &full(60, &["1"]),
+            NOW,
+            Mode::Standalone,
+        )
+        .await
+        .expect("claim");
+    store
+        .claim(
+            &mut conn,
+            device,
+            &owner("b", 2),
+            &full(60, &["1"]),
+            NOW,
+            Mode::Standalone,
+        )
+        .await
+        .expect("claim");
+    assert!(!store
+        .release(&mut conn, device, "a", 1)
+        .await
+        .expect("release"));
+    assert_eq!(
+        owners(conn.clone()).await,
+        1,
+        "the newer Ping keeps its entry"
+    );
+    assert!(store
+        .release(&mut conn, device, "b", 2)
+        .await
+        .expect("release"));
+    assert_eq!(owners(conn.clone()).await, 0);
+    cleanup(&mut conn, &store).await;
+}

@@ -36,6 +36,14 @@ pub struct WatcherArgs {
     /// Seconds before JetStream redelivers a change a watcher took but did not finish.
     #[arg(long, env = "ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
+    /// Largest wake message in bytes (0: the NATS server's max_payload); a mailbox's wake to a
+    /// pod is split into as many as it takes.
+    #[arg(long, env = "WAKE_MAX_BYTES", default_value_t = 0)]
+    pub wake_max_bytes: usize,
+    /// Deliveries of a change before it goes to the dead-letter stream (`<ns>_dead`); failed
+    /// ones are retried after 1, 2, 4 ... 60 s.
+    #[arg(long, env = "CHANGES_MAX_DELIVER", default_value_t = 30)]
+    pub changes_max_deliver: i64,
     /// Hours the stream keeps a change (acknowledged or not).
     #[arg(long, env = "CHANGES_MAX_AGE_HOURS", default_value_t = 24)]
     pub changes_max_age_hours: u64,
@@ -80,6 +88,8 @@ pub struct Config {
     pub coalesce: Duration,
     pub dispatch_batch: usize,
     pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub wake_max_bytes: usize,
     pub changes_max_age: Duration,
     pub memory_storage: bool,
     pub device_state_ttl: Duration,
@@ -114,9 +124,13 @@ impl WatcherArgs {
                 ))
             }
         };
-        if self.dispatch_batch == 0 || self.max_batch == 0 || self.ack_wait_secs == 0 {
+        if self.dispatch_batch == 0
+            || self.max_batch == 0
+            || self.ack_wait_secs == 0
+            || self.changes_max_deliver < 1
+        {
             return Err(ConfigError::new(
-                "DISPATCH_BATCH/MAX_BATCH/ACK_WAIT_SECS",
+                "DISPATCH_BATCH/MAX_BATCH/ACK_WAIT_SECS/CHANGES_MAX_DELIVER",
                 "must be more than 0",
             ));
         }
@@ -133,6 +147,8 @@ impl WatcherArgs {
             coalesce: Duration::from_millis(self.coalesce_ms),
             dispatch_batch: self.dispatch_batch,
             ack_wait: Duration::from_secs(self.ack_wait_secs),
+            max_deliver: self.changes_max_deliver,
+            wake_max_bytes: self.wake_max_bytes,
             changes_max_age: Duration::from_secs(self.changes_max_age_hours * 3600),
             memory_storage,
             device_state_ttl: Duration::from_secs(u64::from(self.device_state_ttl_days) * 86_400),

@@ -19,6 +19,8 @@ use redis::aio::ConnectionManager;
 
 use crate::Shared;
 
+mod wakes;
+
 /// Changes of one mailbox within a batch, merged.
 #[derive(Default)]
 struct Group {
@@ -131,9 +133,7 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
                 shared.metrics.dispatch_errors.inc();
                 tracing::warn!(%mailbox, error = %err, "dispatch failed; the changes will be redelivered");
                 for message in group.messages {
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    retry_or_bury(shared, &mailbox, message).await;
                 }
             }
         }
@@ -154,6 +154,36 @@ async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message
             shared.metrics.changes_dispatched.inc();
             shared.metrics.dispatch_lag.observe(lag);
         }
+    }
+}
+
+/// A change whose dispatch failed is delivered again after 1, 2, 4 ... 60 s; on its last
+/// allowed delivery (CHANGES_MAX_DELIVER) it moves to the dead-letter stream, where an
+/// operator can see it, instead of being retried for ever or dropped unseen.
+async fn retry_or_bury(shared: &Shared, mailbox: &str, message: Message) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
+    if delivered < shared.config.max_deliver {
+        let delay = Duration::from_secs(1 << (delivered - 1).min(6)).min(Duration::from_secs(60));
+        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+        return;
+    }
+    let subject = shared.subjects.dead(mailbox);
+    let buried = match shared
+        .jetstream
+        .publish(subject, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    if buried {
+        shared.metrics.changes_dead.inc();
+        tracing::error!(%mailbox, delivered, "change moved to the dead-letter stream after its last delivery failed");
+        let _ = message.ack_with(AckKind::Term).await;
+    } else {
+        // Not even the dead-letter stream takes it: JetStream delivers it no more, so keep it
+        // pending (unacknowledged) rather than drop it; a restart redelivers it.
+        tracing::error!(%mailbox, delivered, "change could not be dead-lettered; left unacknowledged");
     }
 }
 
@@ -200,27 +230,32 @@ async fn bump_and_wake(
             request: owner.request,
         });
     }
+    let limit = match shared.config.wake_max_bytes {
+        0 => shared.nats.server_info().max_payload,
+        set => set,
+    };
     for (pod, targets) in by_pod {
-        let wake = WakeEvent {
+        let template = WakeEvent {
             mailbox: mailbox.to_owned(),
             folders: bump.versions.clone(),
-            targets,
+            targets: Vec::new(),
             accepted_at_us: group.accepted_at_us,
             hierarchy: group.hierarchy,
             recheck: bump.store_watched > 0,
         };
-        let payload = serde_json::to_vec(&wake)?;
         let subject = shared.subjects.wake(&pod);
-        match crate::trace_headers() {
-            Some(headers) => {
-                shared
-                    .nats
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await?
+        for payload in wakes::payloads(&template, targets, limit)? {
+            match crate::trace_headers() {
+                Some(headers) => {
+                    shared
+                        .nats
+                        .publish_with_headers(subject.clone(), headers, payload.into())
+                        .await?
+                }
+                None => shared.nats.publish(subject.clone(), payload.into()).await?,
             }
-            None => shared.nats.publish(subject, payload.into()).await?,
+            shared.metrics.wakes_sent.inc();
         }
-        shared.metrics.wakes_sent.inc();
     }
     Ok(())
 }

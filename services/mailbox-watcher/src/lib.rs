@@ -46,25 +46,53 @@ pub struct Shared {
     imap_ready: Arc<AtomicBool>,
 }
 
-/// Creates the change stream if it is missing (and keeps its settings current).
+/// Creates the change stream and the dead-letter stream if they are missing, and applies
+/// changed settings to existing ones (a new CHANGES_MAX_AGE_HOURS takes effect at start-up).
 async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
-    let config = stream::Config {
+    let storage = if shared.config.memory_storage {
+        stream::StorageType::Memory
+    } else {
+        stream::StorageType::File
+    };
+    let changes = stream::Config {
         name: shared.subjects.stream(),
         subjects: vec![shared.subjects.all_changes()],
-        storage: if shared.config.memory_storage {
-            stream::StorageType::Memory
-        } else {
-            stream::StorageType::File
-        },
+        storage,
         max_age: shared.config.changes_max_age,
         ..Default::default()
     };
-    let stream = shared
-        .jetstream
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the change stream: {e}"))?;
+    let dead = stream::Config {
+        name: shared.subjects.dead_stream(),
+        subjects: vec![shared.subjects.all_dead()],
+        storage,
+        max_age: Duration::from_secs(7 * 86_400),
+        ..Default::default()
+    };
+    let stream = current_stream(shared, changes).await?;
+    current_stream(shared, dead).await?;
     shared.stream_ready.store(true, Ordering::Release);
+    Ok(stream)
+}
+
+async fn current_stream(shared: &Shared, config: stream::Config) -> anyhow::Result<stream::Stream> {
+    let name = config.name.clone();
+    let mut stream = shared
+        .jetstream
+        .get_or_create_stream(config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the stream {name}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the stream {name}: {e}"))?;
+    if info.config.max_age != config.max_age || info.config.subjects != config.subjects {
+        shared
+            .jetstream
+            .update_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("updating the stream {name}: {e}"))?;
+        tracing::info!(stream = %name, "stream settings updated");
+    }
     Ok(stream)
 }
 
@@ -129,19 +157,25 @@ pub async fn run(
         let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
             .await
             .context("REDIS_URL")?;
-        let mut consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: shared.config.ack_wait,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?;
+        let config = consumer::pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: shared.config.ack_wait,
+            max_deliver: shared.config.max_deliver,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        };
+        // Create, or update an existing consumer to today's settings.
+        let mut consumer = match stream.create_consumer(config.clone()).await {
+            Ok(consumer) => consumer,
+            Err(err) => {
+                tracing::warn!(error = %err, "the dispatch consumer's settings could not be applied; using it as it is");
+                stream
+                    .get_or_create_consumer(CONSUMER, config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?
+            }
+        };
         let messages = consumer
             .messages()
             .await

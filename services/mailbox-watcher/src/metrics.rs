@@ -34,6 +34,7 @@ pub struct Metrics {
     pub changes_accepted: Counter,
     pub changes_dispatched: Counter,
     pub changes_invalid: Counter,
+    pub changes_dead: Counter,
     pub wakes_sent: Counter,
     pub dispatch_errors: Counter,
     pub dispatch_lag: Histogram,
@@ -49,6 +50,7 @@ impl Metrics {
             changes_accepted: Counter::default(),
             changes_dispatched: Counter::default(),
             changes_invalid: Counter::default(),
+            changes_dead: Counter::default(),
             wakes_sent: Counter::default(),
             dispatch_errors: Counter::default(),
             dispatch_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -79,6 +81,11 @@ impl Metrics {
             "store_folders",
             "Store folders changed, by whether a parked Ping watched them (no wake when none did)",
             metrics.store_folders.clone(),
+        );
+        r.register(
+            "changes_dead",
+            "Changes moved to the dead-letter stream after CHANGES_MAX_DELIVER failed deliveries",
+            metrics.changes_dead.clone(),
         );
         r.register(
             "wakes_sent",

@@ -580,7 +580,19 @@ pub async fn finish<S: Transport>(
     };
     row.ended_at = Utc::now();
     shared.history.record(row);
+    release(shared, context).await;
     written
+}
+
+/// The ended Ping's owner entry goes (bump reads every owner of a mailbox on each change); a
+/// failure only leaves it to expire, as before.
+async fn release(shared: &Shared, context: &Context) {
+    let mut redis = shared.redis.clone();
+    let pod = &shared.config.common.pod;
+    let released = shared
+        .store
+        .release(&mut redis, context.device(), pod, context.request_id);
+    let _ = tokio::time::timeout(shared.config.redis_timeout, released).await;
 }
 
 async fn answer<S: Transport>(

