@@ -117,8 +117,9 @@ struct Job {
 }
 
 impl Verifier {
-    pub fn spawn(threads: usize) -> std::io::Result<Verifier> {
-        let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(4096);
+    /// `threads` verify; at most `queue` more wait (the per-pod budget of unverified logins).
+    pub fn spawn(threads: usize, queue: usize) -> std::io::Result<Verifier> {
+        let (jobs, rx) = tokio::sync::mpsc::channel::<Job>(queue.max(1));
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
@@ -140,18 +141,21 @@ impl Verifier {
         Ok(Verifier { jobs })
     }
 
-    /// Whether `password` matches the PHC `hash`; false too if the verifier is gone.
-    pub async fn verify(&self, hash: String, password: String) -> bool {
+    /// Whether `password` matches the PHC `hash` (false too if the verifier is gone); `None`
+    /// when the queue is full: a flood of logins is turned away at once instead of making every
+    /// login behind it wait.
+    pub async fn verify(&self, hash: String, password: String) -> Option<bool> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             hash,
             password,
             reply,
         };
-        if self.jobs.send(job).await.is_err() {
-            return false;
+        match self.jobs.try_send(job) {
+            Ok(()) => Some(answer.await.unwrap_or(false)),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => None,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Some(false),
         }
-        answer.await.unwrap_or(false)
     }
 }
 
@@ -198,11 +202,63 @@ mod tests {
     async fn the_verifier_agrees_with_the_library() {
         let hash = hash_password("correct horse").expect("hashes");
         assert!(verify_password(&hash, "correct horse"));
-        let verifier = Verifier::spawn(2).expect("threads");
-        assert!(verifier.verify(hash.clone(), "correct horse".into()).await);
-        assert!(!verifier.verify(hash.clone(), "wrong".into()).await);
-        assert!(!verifier.verify("not a hash".into(), "x".into()).await);
+        let verifier = Verifier::spawn(2, 16).expect("threads");
+        assert_eq!(
+            verifier.verify(hash.clone(), "correct horse".into()).await,
+            Some(true)
+        );
+        assert_eq!(
+            verifier.verify(hash.clone(), "wrong".into()).await,
+            Some(false)
+        );
+        assert_eq!(
+            verifier.verify("not a hash".into(), "x".into()).await,
+            Some(false)
+        );
         // The reused memory block serves a second verification just as well.
-        assert!(verifier.verify(hash, "correct horse".into()).await);
+        assert_eq!(
+            verifier.verify(hash, "correct horse".into()).await,
+            Some(true)
+        );
+    }
+
+    /// The budget: past `queue` waiting logins, a login is turned away at once (None), and
+    /// those already queued are still checked.
+    #[tokio::test]
+    async fn a_full_queue_turns_logins_away_instead_of_queueing_them() {
+        let hash = hash_password("pw").expect("hashes");
+        let verifier = Verifier::spawn(1, 2).expect("threads");
+        let answers = futures_join(
+            (0..20)
+                .map(|_| verifier.verify(hash.clone(), "pw".into()))
+                .collect(),
+        )
+        .await;
+        let turned_away = answers.iter().filter(|a| a.is_none()).count();
+        let checked = answers.iter().filter(|a| **a == Some(true)).count();
+        assert!(turned_away >= 10, "{answers:?}");
+        assert!(checked >= 1, "{answers:?}");
+    }
+
+    async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+        // Poll each once first, as a burst of logins arrives together, then finish them.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut ready: Vec<Option<F::Output>> = pinned
+            .iter_mut()
+            .map(|f| match f.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+            .collect();
+        for (f, r) in pinned.into_iter().zip(ready.iter_mut()) {
+            out.push(match r.take() {
+                Some(v) => v,
+                None => f.await,
+            });
+        }
+        out
     }
 }

@@ -30,6 +30,8 @@ pub enum AuthError {
 pub struct Throttle {
     pub per_source: crate::limits::RateWindow,
     pub per_account: crate::limits::RateWindow,
+    /// Logins that may wait for a password check on this pod (AUTH_VERIFY_QUEUE).
+    pub verify_queue: usize,
 }
 
 struct Verified {
@@ -108,7 +110,7 @@ impl Auth {
             salt: rand::random(),
             capacity,
             ttl,
-            verifier: dp_db::accounts::Verifier::spawn(parallel)?,
+            verifier: dp_db::accounts::Verifier::spawn(parallel, throttle.verify_queue)?,
             throttle,
             jwt,
             in_flight: Mutex::new(HashMap::new()),
@@ -194,7 +196,11 @@ impl Auth {
             Some((hash, disabled)) => (hash, !disabled),
             None => (decoy_hash().to_owned(), false),
         };
-        let matches = self.verifier.verify(hash, password).await;
+        let Some(matches) = self.verifier.verify(hash, password).await else {
+            count("busy");
+            tracing::info!(account = %name, "login turned away: AUTH_VERIFY_QUEUE logins already wait for a password check");
+            return Err(AuthError::Throttled(Duration::from_secs(1)));
+        };
         if !(matches && usable) {
             self.throttle.per_source.record(&source_key);
             self.throttle.per_account.record(&account_key);

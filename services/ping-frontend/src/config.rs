@@ -52,6 +52,13 @@ pub struct FrontendArgs {
     /// Carrier NAT puts many phones behind one address: keep it generous.
     #[arg(long, env = "MAX_CONNECTIONS_PER_SOURCE", default_value_t = 10_000)]
     pub max_connections_per_source: usize,
+    /// The device port expects a PROXY protocol header (v1 or v2) on every connection, and
+    /// keys every per-source limit on the client address it carries.
+    #[arg(long, env = "PROXY_PROTOCOL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_protocol: bool,
+    /// Peers (addresses or networks, comma-separated) whose X-Forwarded-For names the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// Pings one device may send per minute before it gets 503 + Retry-After (0: no limit).
     #[arg(long, env = "PINGS_PER_DEVICE_PER_MINUTE", default_value_t = 60)]
     pub pings_per_device_per_minute: u32,
@@ -122,6 +129,10 @@ pub struct FrontendArgs {
     /// Retry-After (0: no limit). Devices whose credentials are cached are not affected.
     #[arg(long, env = "AUTH_FAILURES_PER_ACCOUNT", default_value_t = 10)]
     pub auth_failures_per_account: u32,
+    /// Logins that may wait for a password check (argon2) on this pod; more are answered 503
+    /// at once, so an anonymous flood cannot queue the real logins behind it.
+    #[arg(long, env = "AUTH_VERIFY_QUEUE", default_value_t = 64)]
+    pub auth_verify_queue: usize,
     #[arg(long, env = "AUTH_CACHE_SIZE", default_value_t = 100_000)]
     pub auth_cache_size: usize,
     /// Seconds a verified credential is trusted without asking the database again.
@@ -161,6 +172,8 @@ pub struct Config {
     pub max_connections: usize,
     pub tls: Option<crate::tls::TlsFiles>,
     pub max_connections_per_source: usize,
+    pub proxy_protocol: bool,
+    pub trusted_proxies: crate::client::TrustedProxies,
     pub pings_per_device_per_minute: u32,
     pub pings_per_mailbox_per_minute: u32,
     pub max_devices_per_mailbox: u32,
@@ -177,6 +190,7 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
     pub auth_failures_per_account: u32,
+    pub auth_verify_queue: usize,
     /// `None`: local accounts (or the upstream's word); `Some`: bearer tokens.
     pub jwt: Option<crate::jwt::JwtSettings>,
     /// `AUTH_MODE=upstream`: a Ping's credentials are those the upstream vouched for.
@@ -277,6 +291,9 @@ impl FrontendArgs {
             max_connections: self.max_connections,
             tls,
             max_connections_per_source: self.max_connections_per_source,
+            proxy_protocol: self.proxy_protocol,
+            trusted_proxies: crate::client::TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(|reason| ConfigError::new("TRUSTED_PROXIES", reason))?,
             pings_per_device_per_minute: self.pings_per_device_per_minute,
             pings_per_mailbox_per_minute: self.pings_per_mailbox_per_minute,
             max_devices_per_mailbox: self.max_devices_per_mailbox,
@@ -295,6 +312,7 @@ impl FrontendArgs {
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,
             auth_failures_per_account: self.auth_failures_per_account,
+            auth_verify_queue: self.auth_verify_queue,
             jwt,
             auth_cache_ttl: Duration::from_secs(self.auth_cache_ttl_secs),
             history: dp_db::history::WriterConfig {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod client;
 mod cluster;
 pub mod config;
 mod connection;
@@ -130,6 +131,7 @@ pub async fn run(
             auth::Throttle {
                 per_source: limits::RateWindow::new(config.auth_failures_per_source),
                 per_account: limits::RateWindow::new(config.auth_failures_per_account),
+                verify_queue: config.auth_verify_queue,
             },
             config.jwt.clone(),
         )?,

@@ -148,7 +148,7 @@ impl Metrics {
         );
         r.register(
             "limited",
-            "Requests refused by a limit (connections, connections_per_source, pings_per_device, pings_per_mailbox, devices_per_mailbox)",
+            "Requests refused by a limit (connections, connections_per_source, pings_per_device, pings_per_mailbox, devices_per_mailbox, proxy_protocol: a connection without a valid PROXY header)",
             metrics.limited.clone(),
         );
         r.register(

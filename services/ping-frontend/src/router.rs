@@ -112,6 +112,12 @@ pub async fn handle<S: Transport>(
     ))
 }
 
+/// The client the request is from: the peer, or what a trusted proxy says it forwards for.
+fn client<S: Transport>(x: &Exchange<'_, S>, request: &Request) -> std::net::IpAddr {
+    let trusted = &x.shared.config.trusted_proxies;
+    trusted.client(x.peer, request.forwarded_for.as_deref())
+}
+
 fn oversized(shared: &Shared, request: &Request) -> bool {
     matches!(request.framing, Framing::Length(n) if n > shared.config.sizes.body as u64)
 }
@@ -133,7 +139,7 @@ async fn authenticate<S: Transport>(
     let authorization = request.authorization.as_deref();
     let refused = match shared
         .auth
-        .authenticate(authorization, x.peer, &shared.metrics)
+        .authenticate(authorization, client(x, request), &shared.metrics)
         .await
     {
         Ok(mailbox) => return Ok(Ok(mailbox)),

@@ -4,11 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dp_runtime::shutdown::Drain;
+use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::client;
 use crate::http::response;
+use crate::limits::SourceSlot;
 use crate::parked::End;
 use crate::transport::WriteDeadline;
 use crate::{connection, Shared};
@@ -52,62 +56,96 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 continue;
             }
         };
-        let admitted = match permits.clone().try_acquire_owned() {
-            Err(_) => Err("connections"),
-            Ok(permit) => match shared.sources.acquire(peer.ip()) {
-                Some(source) => Ok((permit, source)),
-                None => Err("connections_per_source"),
-            },
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(&shared, stream, "connections");
+            continue;
         };
-        match admitted {
-            // Plain and TLS connections are spawned as separate futures: a task is as large
-            // as its largest state, and a plaintext connection must not pay for TLS's.
-            Ok((permit, source)) => {
-                let _ = stream.set_nodelay(true);
-                let (shared, drain, ip) = (shared.clone(), drain.clone(), peer.ip());
-                match shared.tls.clone() {
-                    None => {
-                        tokio::spawn(async move {
-                            let stream = WriteDeadline::new(stream, shared.config.write_timeout);
-                            connection::serve(&shared, stream, ip, drain).await;
-                            drop((permit, source));
-                        });
-                    }
-                    Some(tls) => {
-                        tokio::spawn(async move {
-                            let handshake = tls.acceptor.accept(stream);
-                            match tokio::time::timeout(shared.config.header_timeout, handshake)
-                                .await
-                            {
-                                Ok(Ok(stream)) => {
-                                    let timeout = shared.config.write_timeout;
-                                    let stream = WriteDeadline::new(stream, timeout);
-                                    connection::serve(&shared, stream, ip, drain).await
-                                }
-                                Ok(Err(_)) | Err(_) => {
-                                    shared.metrics.tls_handshake_failures.inc();
-                                }
-                            }
-                            drop((permit, source));
-                        });
-                    }
-                }
-            }
-            Err(limit) => {
-                shared.count_limited(limit);
-                shared.count_http(503);
-                let answer = response::unavailable(
-                    shared.config.retry_after_secs,
-                    &format!("too many connections ({limit}); retry later"),
-                );
+        let _ = stream.set_nodelay(true);
+        let (shared, drain) = (shared.clone(), drain.clone());
+        // Plain and TLS connections are spawned as separate futures: a task is as large as its
+        // largest state, and a plaintext connection must not pay for TLS's.
+        match shared.tls.clone() {
+            None => {
                 tokio::spawn(async move {
-                    let _ = stream.write_all(&answer).await;
+                    let Some((ip, source)) = admit(&shared, &mut stream, peer).await else {
+                        return;
+                    };
+                    let stream = WriteDeadline::new(stream, shared.config.write_timeout);
+                    connection::serve(&shared, stream, ip, drain).await;
+                    drop((permit, source));
+                });
+            }
+            Some(tls) => {
+                tokio::spawn(async move {
+                    let Some((ip, source)) = admit(&shared, &mut stream, peer).await else {
+                        return;
+                    };
+                    let handshake = tls.acceptor.accept(stream);
+                    match tokio::time::timeout(shared.config.header_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let stream = WriteDeadline::new(stream, shared.config.write_timeout);
+                            connection::serve(&shared, stream, ip, drain).await
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            shared.metrics.tls_handshake_failures.inc();
+                        }
+                    }
+                    drop((permit, source));
                 });
             }
         }
     }
     drop(listener);
     drain_parked(&shared, &permits, capacity).await;
+}
+
+/// The client's address (from the PROXY protocol header when PROXY_PROTOCOL is on) and its
+/// place under MAX_CONNECTIONS_PER_SOURCE; `None` when the connection is refused.
+async fn admit(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(IpAddr, SourceSlot)> {
+    let ip = if shared.config.proxy_protocol {
+        match client::read_proxy_header(stream, shared.config.header_timeout).await {
+            Ok(Some(client)) => client.ip(),
+            // The balancer's own connection (a health check): its own address.
+            Ok(None) => peer.ip(),
+            Err(err) => {
+                shared.count_limited("proxy_protocol");
+                tracing::info!(%peer, error = %err, "connection closed: no valid PROXY protocol header");
+                return None;
+            }
+        }
+    } else {
+        peer.ip()
+    };
+    match shared.sources.acquire(ip) {
+        Some(slot) => Some((ip, slot)),
+        None => {
+            shared.count_limited("connections_per_source");
+            shared.count_http(503);
+            let answer = response::unavailable(
+                shared.config.retry_after_secs,
+                "too many connections (connections_per_source); retry later",
+            );
+            let _ = stream.write_all(&answer).await;
+            None
+        }
+    }
+}
+
+/// Answers a connection over MAX_CONNECTIONS with 503, without holding up the accept loop.
+fn refuse(shared: &Shared, mut stream: TcpStream, limit: &'static str) {
+    shared.count_limited(limit);
+    shared.count_http(503);
+    let answer = response::unavailable(
+        shared.config.retry_after_secs,
+        &format!("too many connections ({limit}); retry later"),
+    );
+    tokio::spawn(async move {
+        let _ = stream.write_all(&answer).await;
+    });
 }
 
 /// Answers the parked Pings with Status 1 spread evenly over DRAIN_SECS, so their devices

@@ -138,8 +138,10 @@ fn compose_sets_what_the_services_read_with_matching_ports() {
         std::fs::read_to_string(root().join("deploy/haproxy/haproxy.cfg")).expect("haproxy.cfg");
     for pod in ["frontend-1", "frontend-2"] {
         assert!(
-            haproxy.contains(&format!("server {pod} {pod}:{http} check port {admin}")),
-            "haproxy sends devices to {pod}:{http} and checks {admin}"
+            haproxy.contains(&format!(
+                "server {pod} {pod}:{http} check port {admin} inter 2s send-proxy-v2"
+            )),
+            "haproxy sends devices to {pod}:{http} with the PROXY protocol and checks {admin}"
         );
     }
     let prometheus = std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml"))

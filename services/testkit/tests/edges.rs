@@ -797,3 +797,120 @@ async fn a_mailbox_is_bounded_in_devices_and_pings() {
     );
     env.cleanup().await;
 }
+
+/// Issue 12, item 5: behind a balancer, limits see the device. With PROXY_PROTOCOL the
+/// per-source connection limit counts the address in each connection's PROXY header (v1 or v2)
+/// and a connection without one is closed; with TRUSTED_PROXIES the failed-login throttle
+/// counts the X-Forwarded-For client of a trusted peer, so one client's guesses do not lock out
+/// another behind the same balancer.
+#[tokio::test]
+async fn limits_see_the_client_behind_a_balancer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    env.account("pia", "pw").await;
+    let a = Frontend::start(
+        &env,
+        "a",
+        &[
+            ("--proxy-protocol", "true"),
+            ("--max-connections-per-source", "1"),
+        ],
+    )
+    .await;
+    let phone = Device::new(a.addr, "pia", "pw", "p1");
+    let ping = phone.ping_request(Some(&ping_body(30, &["1"])));
+    let addr = a.addr;
+    let connect = |header: Vec<u8>| {
+        let ping = ping.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
+            stream.write_all(&header).await.expect("header");
+            stream.write_all(&ping).await.expect("Ping");
+            stream
+        }
+    };
+    let v1 = |ip: &str| format!("PROXY TCP4 {ip} 10.0.0.1 40000 8080\r\n").into_bytes();
+    // A parked Ping from 203.0.113.1 holds that address's one connection.
+    let held = connect(v1("203.0.113.1")).await;
+    env.wait_parked("pia", "p1", "a", None).await;
+    let mut again = connect(v1("203.0.113.1")).await;
+    let answer = dp_testkit::client::read_response(&mut again, &mut Vec::new())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status, 503, "the same client over its limit");
+    // Another client behind the same balancer (PROXY v2) is not counted with it.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend([
+        0x21, 0x11, 0, 12, 198, 51, 100, 2, 10, 0, 0, 1, 0x9C, 0x40, 0x1F, 0x90,
+    ]);
+    let other = Device::new(a.addr, "pia", "pw", "p2");
+    let mut stream = tokio::net::TcpStream::connect(a.addr)
+        .await
+        .expect("connects");
+    stream.write_all(&v2).await.expect("header");
+    stream
+        .write_all(&other.ping_request(Some(&ping_body(1, &["1"]))))
+        .await
+        .expect("Ping");
+    let answer = dp_testkit::client::read_response(&mut stream, &mut Vec::new())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.ping().status, PingStatus::Expired);
+    // No header: closed without an answer.
+    let mut bare = tokio::net::TcpStream::connect(a.addr)
+        .await
+        .expect("connects");
+    bare.write_all(&ping).await.expect("Ping");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(10 * SECOND, bare.read_to_end(&mut rest)).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).starts_with("HTTP"),
+        "no answer without a header"
+    );
+    assert_eq!(
+        a.metric("dp_frontend_limited_total{limit=\"proxy_protocol\"}")
+            .await,
+        1.0
+    );
+    drop(held);
+
+    // X-Forwarded-For from a trusted peer: one client's wrong passwords throttle that client.
+    let b = Frontend::start(
+        &env,
+        "b",
+        &[
+            ("--trusted-proxies", "127.0.0.0/8"),
+            ("--auth-failures-per-source", "2"),
+        ],
+    )
+    .await;
+    let b_addr = b.addr;
+    let login = |password: &str, client: &str| {
+        let device = Device::new(b_addr, "pia", password, "p3");
+        let request = device.ping_request(Some(&ping_body(1, &["1"])));
+        let text = String::from_utf8_lossy(&request).into_owned();
+        let forwarded = text.replacen("\r\n", &format!("\r\nX-Forwarded-For: {client}\r\n"), 1);
+        async move {
+            raw(b_addr, forwarded.as_bytes())
+                .await
+                .expect("an answer")
+                .status
+        }
+    };
+    for _ in 0..3 {
+        login("wrong", "198.51.100.7").await;
+    }
+    assert_eq!(
+        login("pw", "198.51.100.7").await,
+        503,
+        "the guessing client is throttled"
+    );
+    assert_eq!(
+        login("pw", "198.51.100.8").await,
+        200,
+        "another client is not"
+    );
+    env.cleanup().await;
+}

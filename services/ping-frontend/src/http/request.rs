@@ -48,6 +48,9 @@ pub struct Request {
     pub authorization: Option<String>,
     pub protocol_version: Option<String>,
     pub user_agent: Option<String>,
+    /// `X-Forwarded-For`, every such header joined with commas; believed only from
+    /// `TRUSTED_PROXIES`.
+    pub forwarded_for: Option<String>,
     pub keep_alive: bool,
     pub framing: Framing,
     /// `Expect: 100-continue`: the client waits for a go-ahead before its body.
@@ -265,6 +268,7 @@ pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Reque
         authorization: None,
         protocol_version: None,
         user_agent: None,
+        forwarded_for: None,
         keep_alive: parsed.version == Some(1),
         framing: Framing::Length(0),
         expect_continue: false,
@@ -301,6 +305,12 @@ pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Reque
             request.protocol_version = Some(value()?);
         } else if name.eq_ignore_ascii_case("user-agent") {
             request.user_agent = Some(value()?);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let hop = value()?;
+            request.forwarded_for = Some(match request.forwarded_for.take() {
+                Some(before) => format!("{before}, {hop}"),
+                None => hop,
+            });
         } else if name.eq_ignore_ascii_case("expect") {
             request.expect_continue = value()?.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
