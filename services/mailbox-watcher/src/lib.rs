@@ -157,44 +157,11 @@ pub async fn run(
         let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
             .await
             .context("REDIS_URL")?;
-        let config = consumer::pull::Config {
-            durable_name: Some(CONSUMER.to_owned()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: shared.config.ack_wait,
-            max_deliver: shared.config.max_deliver,
-            max_ack_pending: 100_000,
-            ..Default::default()
-        };
-        // Create, or update an existing consumer to today's settings.
-        let mut consumer = match stream.create_consumer(config.clone()).await {
-            Ok(consumer) => consumer,
-            Err(err) => {
-                tracing::warn!(error = %err, "the dispatch consumer's settings could not be applied; using it as it is");
-                stream
-                    .get_or_create_consumer(CONSUMER, config)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?
-            }
-        };
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the change stream: {e}"))?;
-        shared.dispatch_ready.store(true, Ordering::Release);
         let (s, d) = (shared.clone(), drain.clone());
         tasks.push(tokio::spawn(async move {
-            dispatch::run(s, redis, messages, d).await;
+            dispatcher(s, stream, redis, d).await;
             Ok(())
         }));
-        let s = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(info) = consumer.info().await {
-                    s.metrics.pending.set(info.num_pending as i64);
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
     }
     if let Some(settings) = shared.config.imap.clone() {
         let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
@@ -215,6 +182,72 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs the dispatch loop until the drain. If its consumer goes away (deleted, the stream
+/// recreated), the watcher reports not ready and stops dispatching: a consumer created anew
+/// would deliver every change the stream still holds again, so an operator decides (restarting
+/// the watcher does exactly that).
+async fn dispatcher(
+    shared: Arc<Shared>,
+    stream: stream::Stream,
+    redis: redis::aio::ConnectionManager,
+    drain: Drain,
+) {
+    match consume(&shared, &stream).await {
+        Ok((consumer, messages)) => {
+            shared.dispatch_ready.store(true, Ordering::Release);
+            let pending = tokio::spawn(watch_pending(shared.clone(), consumer));
+            dispatch::run(shared.clone(), redis, messages, drain.clone()).await;
+            pending.abort();
+        }
+        Err(err) => tracing::error!(error = %format!("{err:#}"), "dispatch consumer unavailable"),
+    }
+    shared.dispatch_ready.store(false, Ordering::Release);
+    if !drain.is_signalled() {
+        tracing::error!("the dispatcher stopped: reporting not ready");
+    }
+}
+
+type Consumer = consumer::Consumer<consumer::pull::Config>;
+
+/// Creates the dispatch consumer, or updates an existing one to today's settings.
+async fn consume(
+    shared: &Shared,
+    stream: &stream::Stream,
+) -> anyhow::Result<(Consumer, consumer::pull::Stream)> {
+    let config = consumer::pull::Config {
+        durable_name: Some(CONSUMER.to_owned()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: shared.config.ack_wait,
+        max_deliver: shared.config.max_deliver,
+        max_ack_pending: 100_000,
+        ..Default::default()
+    };
+    let consumer = match stream.create_consumer(config.clone()).await {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::warn!(error = %err, "the dispatch consumer's settings could not be applied; using it as it is");
+            stream
+                .get_or_create_consumer(CONSUMER, config)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?
+        }
+    };
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the change stream: {e}"))?;
+    Ok((consumer, messages))
+}
+
+async fn watch_pending(shared: Arc<Shared>, mut consumer: Consumer) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            shared.metrics.pending.set(info.num_pending as i64);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
     Arc::new(move || {
         let shared = shared.clone();
@@ -227,7 +260,7 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
                 problems.push("change stream not ready");
             }
             if shared.config.dispatch && !shared.dispatch_ready.load(Ordering::Acquire) {
-                problems.push("dispatcher not started (waiting for Redis or its consumer)");
+                problems.push("dispatcher not running (waiting for Redis or its consumer, or the consumer is gone)");
             }
             if shared.config.imap.is_some() && !shared.imap_ready.load(Ordering::Acquire) {
                 problems.push("imap role cannot reach Redis");

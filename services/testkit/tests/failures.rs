@@ -363,3 +363,28 @@ async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
     assert_eq!(info.state.messages, 1);
     env.cleanup().await;
 }
+
+/// Issue 12, item 9: a dispatcher that stops (its consumer deleted under it) makes the watcher
+/// not ready, instead of accepting changes nobody dispatches while it looks healthy.
+#[tokio::test]
+async fn a_stopped_dispatcher_makes_the_watcher_not_ready() {
+    let env = Env::new().await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let jetstream = async_nats::jetstream::new(nats);
+    jetstream
+        .delete_consumer_from_stream("dispatch", format!("{}_changes", env.namespace))
+        .await
+        .expect("consumer deleted");
+    let admin = w.admin;
+    wait_for(
+        "the watcher to report not ready",
+        20 * SECOND,
+        || async move {
+            let ready = http_get(admin, "/readyz").await.ok()?;
+            (ready.status == 503 && ready.text().contains("dispatcher")).then_some(())
+        },
+    )
+    .await;
+    env.cleanup().await;
+}
