@@ -580,7 +580,8 @@ pub async fn finish<S: Transport>(
     };
     row.ended_at = Utc::now();
     shared.history.record(row);
-    release(shared, context).await;
+    // Boxed: its Redis future is larger than a parked Ping's state, and would size every one.
+    Box::pin(release(shared, context)).await;
     written
 }
 
