@@ -67,7 +67,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
         match shared.tls.clone() {
             None => {
                 tokio::spawn(async move {
-                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await else {
+                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await
+                    else {
                         return;
                     };
                     let stream = WriteDeadline::new(stream, shared.config.write_timeout);
@@ -77,7 +78,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             }
             Some(tls) => {
                 tokio::spawn(async move {
-                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await else {
+                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await
+                    else {
                         return;
                     };
                     let handshake = tls.acceptor.accept(stream);
