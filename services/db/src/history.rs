@@ -354,3 +354,18 @@ pub struct RecentRow {
     pub status: Option<i16>,
     pub changed_folders: Vec<String>,
 }
+
+/// When the device was first seen (ms since the Unix epoch), if it ever was.
+pub async fn first_seen_ms(
+    pool: &PgPool,
+    mailbox: &str,
+    device_id: &str,
+) -> Result<Option<u64>, sqlx::Error> {
+    let first: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT first_seen FROM devices WHERE mailbox = $1 AND device_id = $2")
+            .bind(mailbox)
+            .bind(device_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(first.map(|t| t.timestamp_millis().max(0) as u64))
+}

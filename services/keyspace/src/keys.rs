@@ -65,6 +65,13 @@ impl Keyspace {
         format!("{}:pinged", self.ns)
     }
 
+    /// String `created_ms:random`: the incarnation of the namespace's Redis state. A Redis
+    /// that lost its data (restarted without persistence, failed over) has none, and the first
+    /// service to look makes a new one.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.ns)
+    }
+
     /// Hash: IMAP watcher replica -> until when (ms) it is alive.
     pub fn imap_replicas(&self) -> String {
         format!("{}:imap:replicas", self.ns)

@@ -30,7 +30,7 @@ mod operator;
 mod owner;
 mod proxy;
 pub use keys::{Device, Keyspace, Mode};
-pub use operator::{connect, DeviceState};
+pub use operator::{connect, DeviceState, Epoch};
 pub use owner::Owner;
 pub use proxy::{HierarchyChange, SyncStart, Synced};
 
@@ -54,6 +54,10 @@ pub enum Claim {
         repeats: u32,
         /// Proxy mode: whether the device's folders were learned from a FolderSync.
         hierarchy_known: bool,
+        /// Redis held nothing for this device: `changed` then lists every monitored folder
+        /// at the version just taken as its baseline. A new device ignores them; one whose
+        /// state predates a loss of Redis state reports them (I1).
+        fresh: bool,
     },
 }
 
@@ -338,7 +342,7 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
                 previous: reply.get(1).and_then(|p| Owner::parse(p)),
             })
         }
-        Some("ok") if reply.len() >= 6 => {}
+        Some("ok") if reply.len() >= 7 => {}
         _ => return Err(bad_reply("neither 'ok' nor 'missing'")),
     }
     let heartbeat = match request.heartbeat {
@@ -367,6 +371,7 @@ fn parse_claim(reply: Vec<String>, request: &PingRequest) -> RedisResult<Claim> 
         folders,
         repeats: reply[4].parse().unwrap_or(0),
         hierarchy_known: reply[5] == "1",
-        changed: folder_versions(&reply[6..]),
+        fresh: reply[6] == "1",
+        changed: folder_versions(&reply[7..]),
     })
 }

@@ -63,3 +63,48 @@ impl Store {
         })
     }
 }
+
+/// The incarnation of a namespace's Redis state (see [`crate::Keyspace::epoch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    pub id: String,
+    /// When this state began (ms): devices first seen before it have state that was lost.
+    pub created_ms: u64,
+}
+
+impl Store {
+    /// The current epoch, made now if Redis has none (its state is new, or was lost).
+    pub async fn epoch<C: ConnectionLike>(&self, conn: &mut C, now_ms: u64) -> RedisResult<Epoch> {
+        let key = self.keys.epoch();
+        let fresh = format!("{now_ms}:{:016x}", rand_id());
+        let (_, value): (Option<String>, String) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(&fresh)
+            .arg("NX")
+            .cmd("GET")
+            .arg(&key)
+            .query_async(conn)
+            .await?;
+        let created_ms = value
+            .split(':')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(now_ms);
+        Ok(Epoch {
+            id: value,
+            created_ms,
+        })
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -81,7 +81,14 @@ fn owner(pod: &str, request: u64) -> Owner {
 
 fn changed_of(claim: &Claim) -> Vec<FolderVersion> {
     match claim {
-        Claim::Claimed { changed, .. } => changed.clone(),
+        // A device Redis held nothing for is new here: its folders are baselines, not news.
+        Claim::Claimed { changed, fresh, .. } => {
+            if *fresh {
+                Vec::new()
+            } else {
+                changed.clone()
+            }
+        }
         other => panic!("expected a claim, got {other:?}"),
     }
 }
@@ -114,9 +121,20 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
             previous: None,
             heartbeat: 60,
             folders: full(60, &["5", "6"]).folders.expect("folders"),
-            changed: vec![],
+            // A device Redis held nothing for: every folder at its new baseline.
+            changed: vec![
+                FolderVersion {
+                    id: "5".into(),
+                    version: 0
+                },
+                FolderVersion {
+                    id: "6".into(),
+                    version: 0
+                }
+            ],
             repeats: 0,
             hierarchy_known: false,
+            fresh: true,
         }
     );
 

@@ -212,6 +212,11 @@ impl Auth {
         Ok(name)
     }
 
+    /// The accounts' database (the devices table lives there too).
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
     /// The WWW-Authenticate challenge of a 401.
     pub fn challenge(&self) -> &'static str {
         if self.jwt.is_some() {

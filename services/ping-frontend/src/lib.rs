@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod connection;
+mod epoch;
 #[doc(hidden)]
 pub mod http;
 pub mod jwt;
@@ -67,6 +68,8 @@ pub struct Shared {
     upstream: Option<proxy::Upstream>,
     /// An IMAP watcher runs: record the mailboxes of parked Pings (see `pinged`).
     imap_index: AtomicBool,
+    /// The Redis state's incarnation (see `epoch`).
+    epoch: epoch::Seen,
 }
 
 impl Shared {
@@ -142,6 +145,7 @@ pub async fn run(
         draining: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         imap_index: AtomicBool::new(false),
+        epoch: epoch::Seen::default(),
         sources: limits::SourceLimit::new(config.max_connections_per_source),
         tls: match &config.tls {
             Some(files) => Some(Arc::new(
@@ -165,6 +169,7 @@ pub async fn run(
     });
     cluster::watch_connection(shared.clone(), nats_events);
     pinged::watch(shared.clone());
+    epoch::watch(shared.clone()).await;
     if let Some(tls) = &shared.tls {
         tls.clone().watch(shared.metrics.tls_reloads.clone());
     }

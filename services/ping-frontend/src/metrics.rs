@@ -41,6 +41,7 @@ pub struct Metrics {
     pub http_responses: Family<CodeLabels, Counter>,
     pub auth: Family<ResultLabels, Counter>,
     pub redis_errors: Counter,
+    pub redis_state_losses: Counter,
     pub nats_reconnects: Counter,
     pub evictions_sent: Counter,
     pub history: dp_db::history::HistoryMetrics,
@@ -129,6 +130,7 @@ impl Metrics {
             http_responses: Family::default(),
             auth: Family::default(),
             redis_errors: Counter::default(),
+            redis_state_losses: Counter::default(),
             nats_reconnects: Counter::default(),
             evictions_sent: Counter::default(),
             history: Default::default(),
@@ -186,6 +188,11 @@ impl Metrics {
             "redis_errors",
             "Redis calls that failed or timed out",
             metrics.redis_errors.clone(),
+        );
+        r.register(
+            "redis_state_losses",
+            "Times this pod saw Redis come back without its state (a new epoch)",
+            metrics.redis_state_losses.clone(),
         );
         r.register(
             "nats_reconnects",

@@ -268,7 +268,22 @@ async fn claim(
             changed,
             repeats,
             hierarchy_known,
+            fresh,
         })) => {
+            // Redis held nothing for the device: new (its folders' versions are baselines), or
+            // forgotten in a loss of Redis state (they are news, I1).
+            let changed = match fresh {
+                true => {
+                    let context = &waiting.context;
+                    match crate::epoch::predates_loss(shared, &context.mailbox, &context.device_id)
+                        .await
+                    {
+                        true => changed,
+                        false => Vec::new(),
+                    }
+                }
+                false => changed,
+            };
             waiting.probe = credentials.map(|c| c.every(shared, hierarchy_known));
             crate::pinged::mark(shared, &waiting.context.mailbox, waiting.owner.expiry_ms);
             if let Some(previous) = previous {

@@ -388,3 +388,72 @@ async fn a_stopped_dispatcher_makes_the_watcher_not_ready() {
     .await;
     env.cleanup().await;
 }
+
+/// Issue 12, item 1: I1 across a loss of Redis state (a restart without persistence, a failover
+/// to a replica that missed writes), reproduced by deleting the namespace's keys while a Ping is
+/// parked and then making a change. The frontend sees the new epoch and re-checks the parked
+/// Ping; the device, which Redis no longer knows but the devices table does, hears its folder.
+#[tokio::test]
+async fn a_loss_of_redis_state_loses_no_change() {
+    let env = Env::new().await;
+    env.account("lena", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, "lena", "pw", "p");
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["1"])), 10 * SECOND)
+        .await
+        .ping();
+    assert_eq!(first.status, PingStatus::Expired);
+    let pool = env.pool.clone();
+    wait_for("the devices table to know the phone", 20 * SECOND, || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE device_id = 'p'")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    let parked = tokio::spawn(async move {
+        let answer = phone
+            .ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND)
+            .await;
+        (phone, answer)
+    });
+    env.wait_parked("lena", "p", "a", None).await;
+
+    // Redis forgets everything of the namespace; a change follows.
+    let mut redis = env.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", env.namespace))
+        .query_async(&mut redis)
+        .await
+        .expect("keys");
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut redis)
+        .await
+        .expect("deleted");
+    w.change(&env, "lena", &["1"]).await;
+    w.wait_dispatched(1).await;
+
+    let (mut phone, answer) = parked.await.expect("device task");
+    let mut heard = answer.ping();
+    if heard.status != PingStatus::Changes {
+        // The parked Ping lost its registration with the state: it ends, and the next one
+        // hears the folder (with its full body: the cached parameters went with the state).
+        heard = phone
+            .ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND)
+            .await
+            .ping();
+    }
+    assert_eq!(
+        (heard.status, heard.folders),
+        (PingStatus::Changes, vec!["1".to_owned()])
+    );
+    assert!(a.metric("dp_frontend_redis_state_losses_total").await >= 1.0);
+    env.cleanup().await;
+}

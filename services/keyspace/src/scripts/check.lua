@@ -10,6 +10,6 @@ end
 local learned = redis.call('HEXISTS', KEYS[4], '') == 1
 local out = {'ok'}
 for i = 3, #ARGV, 2 do
-  news(KEYS[1], KEYS[3], ARGV[i], store_field(KEYS[4], learned, ARGV[i], ARGV[i + 1]), out)
+  news(KEYS[1], KEYS[3], ARGV[i], store_field(KEYS[4], learned, ARGV[i], ARGV[i + 1]), out, false)
 end
 return out

@@ -12,7 +12,8 @@
 -- {'hierarchy', previous owner or ''} when a folder is not in the device's known hierarchy
 -- (Status 7); else {'ok', previous owner or '', cached heartbeat or '', cached folders JSON or
 -- '', Status 2 answers since the last Sync ('0' when a change is fresh), '1' when the device's
--- hierarchy is known, changed id, version, changed id, version, ...}.
+-- hierarchy is known, '1' when Redis held no state for the device (then every folder is listed
+-- at its new baseline), changed id, version, changed id, version, ...}.
 local ttl = tonumber(ARGV[3])
 local now = tonumber(ARGV[6])
 -- Devices with state, by their last Ping: a flood of fresh DeviceIds is refused instead of
@@ -103,13 +104,15 @@ local repeats = '0'
 if proxy then
   repeats = redis.call('HGET', KEYS[7], 'r') or '0'
 end
-local out = {'ok', previous, cached_heartbeat, cached_folders, repeats, learned and '1' or '0'}
+local fresh = redis.call('EXISTS', KEYS[3]) == 0
+local out = {'ok', previous, cached_heartbeat, cached_folders, repeats, learned and '1' or '0',
+  fresh and '1' or '0'}
 -- The store folders this Ping watches, each until the Ping's expiry: a store change of none of
 -- them needs no wake (bump counts it unwatched).
 local expiry = tonumber(string.match(ARGV[2], '\t(%d+)$') or '0')
 for _, folder in ipairs(folders) do
   local field = store_field(KEYS[6], learned, folder[1], folder[2])
-  news(KEYS[1], KEYS[3], folder[1], field, out)
+  news(KEYS[1], KEYS[3], folder[1], field, out, fresh)
   if field and tonumber(redis.call('HGET', KEYS[9], field) or '0') < expiry then
     redis.call('HSET', KEYS[9], field, expiry)
   end
@@ -120,7 +123,7 @@ end
 if proxy then
   -- Repeats count only while every folder reported is one already told at this version: a
   -- fresh change is answered at once, however often the device skipped its Sync.
-  for i = 7, #out, 2 do
+  for i = 8, #out, 2 do
     if redis.call('HGET', KEYS[7], 'p:' .. out[i]) ~= out[i + 1] then
       out[5] = '0'
       break

@@ -61,13 +61,18 @@ end
 
 -- Appends to `out` (id, version) for each folder whose version differs from the one last
 -- reported to the device. A folder seen for the first time gets its baseline instead: what
--- came before is not news to the device. A difference either way counts: newer, or versions
--- lost and restarted; either way the device should look.
-local function news(versions_key, notified_key, id, field, out)
+-- came before is not news to the device (unless `fresh`: the device has no state at all, and
+-- every folder is listed at its baseline, for the frontend to decide). A difference either way
+-- counts: newer, or versions lost and restarted; either way the device should look.
+local function news(versions_key, notified_key, id, field, out, fresh)
   local version = version_of(versions_key, id, field)
   local notified = redis.call('HGET', notified_key, id)
   if not notified then
     redis.call('HSET', notified_key, id, version)
+    if fresh then
+      out[#out + 1] = id
+      out[#out + 1] = version
+    end
   elseif notified ~= version then
     out[#out + 1] = id
     out[#out + 1] = version

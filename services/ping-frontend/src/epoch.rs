@@ -1,0 +1,80 @@
+//! Loss of Redis state (a restart without persistence, a failover to a replica that missed
+//! writes): the namespace's epoch key is gone, and the first service to look makes a new one.
+//! A frontend follows it every second. A new epoch re-checks every parked Ping (their wakes may
+//! have gone with the old state), and a device Redis knows nothing of, but that PostgreSQL saw
+//! before the epoch began, hears every folder it monitors once: its state was lost, not new
+//! (I1: a duplicate at worst, never a loss).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Shared;
+
+/// How often a frontend reads the epoch.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// The epoch this pod last saw: when it began (ms), and a hash of its id.
+#[derive(Default)]
+pub struct Seen {
+    created_ms: AtomicU64,
+    id_hash: AtomicU64,
+}
+
+/// Reads the epoch once now (so the pod never serves without one), then every second.
+pub async fn watch(shared: Arc<Shared>) {
+    refresh(&shared).await;
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(EVERY);
+        loop {
+            interval.tick().await;
+            refresh(&shared).await;
+        }
+    });
+}
+
+async fn refresh(shared: &Shared) {
+    let mut redis = shared.redis.clone();
+    let now = dp_runtime::now_ms();
+    let Ok(Ok(epoch)) = tokio::time::timeout(
+        shared.config.redis_timeout,
+        shared.store.epoch(&mut redis, now),
+    )
+    .await
+    else {
+        return;
+    };
+    let hash = {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(&epoch.id)
+    };
+    let before = shared.epoch.id_hash.swap(hash, Ordering::AcqRel);
+    shared
+        .epoch
+        .created_ms
+        .store(epoch.created_ms, Ordering::Release);
+    if before != 0 && before != hash {
+        shared.metrics.redis_state_losses.inc();
+        let parked = shared.parked.tell_all(|s| s.recheck = true);
+        tracing::error!(parked, "Redis lost its state (a new epoch): parked Pings re-check, and devices it forgot hear their folders again");
+    }
+}
+
+/// Whether a device Redis holds no state for had state before the current epoch began: the
+/// devices table saw it first before then. Unknown (the database unreachable) counts as yes.
+pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> bool {
+    let created = shared.epoch.created_ms.load(Ordering::Acquire);
+    let ttl = shared.config.device_state_ttl.as_millis() as u64;
+    // State older than the TTL would have expired anyway: nothing to look up.
+    if created == 0 || created + ttl < dp_runtime::now_ms() {
+        return false;
+    }
+    match dp_db::history::first_seen_ms(shared.auth.pool(), mailbox, device_id).await {
+        Ok(Some(first_seen)) => first_seen < created,
+        Ok(None) => false,
+        Err(err) => {
+            tracing::warn!(%mailbox, device = %device_id, error = %err, "devices table unreadable; a device Redis forgot is told of its folders");
+            true
+        }
+    }
+}
