@@ -60,6 +60,17 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             refuse(&shared, stream, "connections");
             continue;
         };
+        // Without the PROXY protocol the peer is the client: count it here, in accept order.
+        let early = match shared.config.proxy_protocol {
+            true => None,
+            false => match shared.sources.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(&shared, stream, "connections_per_source");
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let (shared, drain) = (shared.clone(), drain.clone());
         // Plain and TLS connections are spawned as separate futures: a task is as large as its
@@ -67,7 +78,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
         match shared.tls.clone() {
             None => {
                 tokio::spawn(async move {
-                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await
+                    let Some((ip, source)) =
+                        Box::pin(admit(&shared, &mut stream, peer, early)).await
                     else {
                         return;
                     };
@@ -78,7 +90,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             }
             Some(tls) => {
                 tokio::spawn(async move {
-                    let Some((ip, source)) = Box::pin(admit(&shared, &mut stream, peer)).await
+                    let Some((ip, source)) =
+                        Box::pin(admit(&shared, &mut stream, peer, early)).await
                     else {
                         return;
                     };
@@ -107,7 +120,11 @@ async fn admit(
     shared: &Arc<Shared>,
     stream: &mut TcpStream,
     peer: SocketAddr,
+    early: Option<SourceSlot>,
 ) -> Option<(IpAddr, SourceSlot)> {
+    if let Some(slot) = early {
+        return Some((peer.ip(), slot));
+    }
     let ip = if shared.config.proxy_protocol {
         match client::read_proxy_header(stream, shared.config.header_timeout).await {
             Ok(Some(client)) => client.ip(),

@@ -156,6 +156,9 @@ async fn dovecot_changes_wake_each_devices_own_folders() {
     user.doveadm(&["mailbox", "create"], &["Archive"])
         .await
         .expect("Archive created");
+    // That is a hierarchy change: dispatched before the devices' FolderSync, or they would
+    // rightly hear Status 7 first.
+    watcher.wait_dispatched(1).await;
     let phone = enrol(&frontend, &user.name, "phone1").await;
     let tablet = enrol(&frontend, &user.name, "tablet1").await;
 
