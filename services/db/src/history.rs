@@ -369,3 +369,13 @@ pub async fn first_seen_ms(
             .await?;
     Ok(first.map(|t| t.timestamp_millis().max(0) as u64))
 }
+
+/// Whether any device was first seen before `ms` (since the Unix epoch).
+pub async fn any_first_seen_before(pool: &PgPool, ms: u64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE first_seen < to_timestamp($1::float8 / 1000))",
+    )
+    .bind(ms as f64)
+    .fetch_one(pool)
+    .await
+}

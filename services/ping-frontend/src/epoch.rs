@@ -19,6 +19,10 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct Seen {
     created_ms: AtomicU64,
     id_hash: AtomicU64,
+    /// Whether the devices table holds any device first seen before this epoch began: 0 not
+    /// known yet, 1 yes, 2 no. Asked once per epoch; when no device predates it (a fresh
+    /// deployment), none ever will, and new devices cost no lookup.
+    any_before: std::sync::atomic::AtomicU8,
 }
 
 /// Reads the epoch once now (so the pod never serves without one), then every second.
@@ -48,11 +52,24 @@ async fn refresh(shared: &Shared) {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         BuildHasherDefault::<DefaultHasher>::default().hash_one(&epoch.id)
     };
+    if shared.epoch.id_hash.load(Ordering::Acquire) != hash {
+        // Not yet known for the new epoch: until it is, each device is looked up.
+        shared.epoch.any_before.store(0, Ordering::Release);
+    }
     let before = shared.epoch.id_hash.swap(hash, Ordering::AcqRel);
     shared
         .epoch
         .created_ms
         .store(epoch.created_ms, Ordering::Release);
+    if before != hash || shared.epoch.any_before.load(Ordering::Acquire) == 0 {
+        let any = dp_db::history::any_first_seen_before(shared.auth.pool(), epoch.created_ms).await;
+        let state = match any {
+            Ok(true) => 1,
+            Ok(false) => 2,
+            Err(_) => 0, // unknown: each device is looked up
+        };
+        shared.epoch.any_before.store(state, Ordering::Release);
+    }
     if before != 0 && before != hash {
         shared.metrics.redis_state_losses.inc();
         let parked = shared.parked.tell_all(|s| s.recheck = true);
@@ -67,6 +84,9 @@ pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> b
     let ttl = shared.config.device_state_ttl.as_millis() as u64;
     // State older than the TTL would have expired anyway: nothing to look up.
     if created == 0 || created + ttl < dp_runtime::now_ms() {
+        return false;
+    }
+    if shared.epoch.any_before.load(Ordering::Acquire) == 2 {
         return false;
     }
     match dp_db::history::first_seen_ms(shared.auth.pool(), mailbox, device_id).await {
