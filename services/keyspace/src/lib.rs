@@ -101,6 +101,7 @@ pub struct Scripts {
     synced: Script,
     reported: Script,
     release: Script,
+    undelivered: Script,
 }
 
 impl Default for Scripts {
@@ -124,6 +125,7 @@ impl Default for Scripts {
             synced: Script::new(include_str!("scripts/synced.lua")),
             reported: Script::new(include_str!("scripts/reported.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
+            undelivered: Script::new(include_str!("scripts/undelivered.lua")),
         }
     }
 }
@@ -266,6 +268,27 @@ impl Store {
         }
         let _: i64 = invocation.invoke_async(conn).await?;
         Ok(())
+    }
+
+    /// The Status 2 that reported `versions` never reached the device (its connection failed
+    /// after the write): those folders are news to it again, unless a later answer reported
+    /// them. Returns how many folders were restored and the device's parked Ping, if any.
+    pub async fn undelivered<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        device: Device<'_>,
+        versions: &[FolderVersion],
+    ) -> RedisResult<(usize, Option<Owner>)> {
+        let mut invocation = self.scripts.undelivered.prepare_invoke();
+        invocation
+            .key(self.keys.notified(device.mailbox, device.device_id))
+            .key(self.keys.owners(device.mailbox))
+            .arg(device.key);
+        for v in versions {
+            invocation.arg(&v.id).arg(v.version);
+        }
+        let (restored, owner): (usize, String) = invocation.invoke_async(conn).await?;
+        Ok((restored, Owner::parse(&owner)))
     }
 
     /// Forgets the owner entry of a Ping that has ended (request `request` on `pod`), unless

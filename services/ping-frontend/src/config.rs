@@ -96,6 +96,10 @@ pub struct FrontendArgs {
     /// (a client that pipelines requests and never reads the answers).
     #[arg(long, env = "WRITE_TIMEOUT_SECS", default_value_t = 30)]
     pub write_timeout_secs: u64,
+    /// Seconds written bytes may go unacknowledged before the kernel fails the connection (TCP
+    /// user timeout): a Status 2 lost that way, on a handover, is reported again.
+    #[arg(long, env = "DELIVERY_TIMEOUT_SECS", default_value_t = 30)]
+    pub delivery_timeout_secs: u64,
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
@@ -186,6 +190,7 @@ pub struct Config {
     pub sizes: crate::http::request::SizeLimits,
     pub header_timeout: Duration,
     pub write_timeout: Duration,
+    pub delivery_timeout: Duration,
     pub auth_cache_size: usize,
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
@@ -232,6 +237,7 @@ impl FrontendArgs {
         positive("HEADER_TIMEOUT_SECS", self.header_timeout_secs)?;
         positive("IDLE_TIMEOUT_SECS", self.idle_timeout_secs)?;
         positive("WRITE_TIMEOUT_SECS", self.write_timeout_secs)?;
+        positive("DELIVERY_TIMEOUT_SECS", self.delivery_timeout_secs)?;
         positive("HISTORY_BATCH", self.history_batch as u64)?;
         positive("HISTORY_QUEUE", self.history_queue as u64)?;
         positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
@@ -309,6 +315,7 @@ impl FrontendArgs {
             },
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             write_timeout: Duration::from_secs(self.write_timeout_secs),
+            delivery_timeout: Duration::from_secs(self.delivery_timeout_secs),
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,
             auth_failures_per_account: self.auth_failures_per_account,

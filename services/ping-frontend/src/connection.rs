@@ -7,9 +7,10 @@ use crate::transport::Transport;
 use dp_runtime::shutdown::Drain;
 use tokio::io::AsyncWriteExt;
 
+use crate::delivery;
 use crate::http::request;
 use crate::http::response;
-use crate::ping::{self, Started};
+use crate::ping::{self, Reply, Started};
 use crate::router::{self, Routed};
 use crate::Shared;
 
@@ -22,6 +23,8 @@ pub async fn serve<S: Transport>(
     shared.metrics.connections.inc();
     shared.metrics.connections_opened.inc();
     let mut buf = Vec::new();
+    // A Status 2 written, until this connection shows whether the device read it.
+    let mut unconfirmed = None;
     loop {
         let read = tokio::select! {
             _ = drain.signalled(), if buf.is_empty() => break,
@@ -34,8 +37,13 @@ pub async fn serve<S: Transport>(
             )) => read,
         };
         let request = match read {
+            // A next request on the connection: the device read the answer before it (what
+            // this request's reply leaves replaces `unconfirmed`).
             Ok(request) => request,
             Err(err) => {
+                if let request::ReadError::Io(io) = &err {
+                    delivery::settle(shared, unconfirmed.take(), Some(io));
+                }
                 if let Some((code, limit)) = err.answer() {
                     if let Some(limit) = limit {
                         shared.count_limited(limit);
@@ -57,26 +65,35 @@ pub async fn serve<S: Transport>(
             buf: &mut buf,
             peer,
         };
-        let keep_alive = match Box::pin(router::handle(exchange, request)).await {
-            Ok(Routed::Done(keep_alive)) => keep_alive,
+        let reply = match Box::pin(router::handle(exchange, request)).await {
+            Ok(Routed::Done(keep_alive)) => Reply {
+                keep_alive,
+                unconfirmed: None,
+            },
             Ok(Routed::Ping(Started::Answer(context, finished))) => {
                 Box::pin(ping::finish(shared, &mut stream, &context, Ok(finished)))
                     .await
-                    .unwrap_or(false)
+                    .unwrap_or_default()
             }
             Ok(Routed::Ping(Started::Parked(waiting))) => {
                 let ended =
                     ping::wait(&waiting, &mut stream, &mut buf, shared.config.sizes.head).await;
                 Box::pin(ping::finish(shared, &mut stream, &waiting.context, ended))
                     .await
-                    .unwrap_or(false)
+                    .unwrap_or_default()
             }
-            Err(_) => false,
+            Err(_) => Reply::default(),
         };
-        if !keep_alive {
+        unconfirmed = reply.unconfirmed;
+        if !reply.keep_alive {
             break;
         }
     }
-    let _ = stream.shutdown().await;
+    match unconfirmed {
+        Some(_) => Box::pin(delivery::linger(shared, &mut stream, unconfirmed)).await,
+        None => {
+            let _ = stream.shutdown().await;
+        }
+    }
     shared.metrics.connections.dec();
 }

@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod connection;
+mod delivery;
 mod epoch;
 #[doc(hidden)]
 pub mod http;

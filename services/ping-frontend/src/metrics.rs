@@ -41,6 +41,7 @@ pub struct Metrics {
     pub http_responses: Family<CodeLabels, Counter>,
     pub auth: Family<ResultLabels, Counter>,
     pub redis_errors: Counter,
+    pub answers_undelivered: Counter,
     pub redis_state_losses: Counter,
     pub nats_reconnects: Counter,
     pub evictions_sent: Counter,
@@ -130,6 +131,7 @@ impl Metrics {
             http_responses: Family::default(),
             auth: Family::default(),
             redis_errors: Counter::default(),
+            answers_undelivered: Counter::default(),
             redis_state_losses: Counter::default(),
             nats_reconnects: Counter::default(),
             evictions_sent: Counter::default(),
@@ -188,6 +190,11 @@ impl Metrics {
             "redis_errors",
             "Redis calls that failed or timed out",
             metrics.redis_errors.clone(),
+        );
+        r.register(
+            "answers_undelivered",
+            "Status 2 answers whose connection failed before the device read them (reported again)",
+            metrics.answers_undelivered.clone(),
         );
         r.register(
             "redis_state_losses",

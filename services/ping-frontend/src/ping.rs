@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::delivery::Unconfirmed;
 use crate::http::request::Request;
 use crate::http::response;
 use crate::metrics::OutcomeLabels;
@@ -541,13 +542,14 @@ fn status_label(status: u8) -> &'static str {
 }
 
 /// Writes the answer (unless the client is gone), acknowledges what a Status 2 reported (I2),
-/// and records the history row. Returns whether the connection stays open.
+/// and records the history row. Returns whether the connection stays open, and the Status 2
+/// whose delivery the connection's end will tell (standalone mode, see `delivery`).
 pub async fn finish<S: Transport>(
     shared: &Shared,
     stream: &mut S,
     context: &Context,
     ended: Result<Finished, ClientGone>,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Reply> {
     let mut row = HistoryRow {
         started_at: context.started_at,
         ended_at: Utc::now(),
@@ -567,7 +569,7 @@ pub async fn finish<S: Transport>(
     let written = match ended {
         Err(ClientGone) => {
             count(shared, "client_gone", "");
-            Ok(false)
+            Ok(Reply::default())
         }
         Ok(finished) => {
             let written = match &finished.traceparent {
@@ -590,7 +592,10 @@ pub async fn finish<S: Transport>(
             row.effective_heartbeat = finished.heartbeat;
             row.changed_folders = finished.response.folders;
             // A drained device must reconnect, and reach another pod.
-            written.map(|()| context.keep_alive && finished.outcome != "drained")
+            written.map(|unconfirmed| Reply {
+                keep_alive: context.keep_alive && finished.outcome != "drained",
+                unconfirmed,
+            })
         }
     };
     row.ended_at = Utc::now();
@@ -616,7 +621,7 @@ async fn answer<S: Transport>(
     stream: &mut S,
     context: &Context,
     finished: &Finished,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<Box<Unconfirmed>>> {
     let keep_alive = context.keep_alive && finished.outcome != "drained";
     if let Some(code) = finished.http {
         count(shared, finished.outcome, "");
@@ -629,7 +634,7 @@ async fn answer<S: Transport>(
             response::error(code, message, &[], !keep_alive)
         };
         stream.write_all(&bytes).await?;
-        return Ok(());
+        return Ok(None);
     }
     let status = finished.response.status.code();
     count(shared, finished.outcome, status_label(status));
@@ -641,10 +646,27 @@ async fn answer<S: Transport>(
         shared.metrics.wake_latency.observe(latency as f64 / 1e6);
     }
     if finished.reported.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     acknowledge(shared, context, finished).await;
-    Ok(())
+    Ok(match shared.mode() {
+        dp_keyspace::Mode::Standalone => Some(Box::new(Unconfirmed {
+            mailbox: context.mailbox.clone(),
+            device_id: context.device_id.clone(),
+            key: context.key.clone(),
+            versions: finished.reported.clone(),
+            written: Instant::now(),
+        })),
+        // The device's Sync acknowledges: a lost answer is simply repeated.
+        dp_keyspace::Mode::Proxy => None,
+    })
+}
+
+/// How a Ping's connection goes on after its answer.
+#[derive(Default)]
+pub struct Reply {
+    pub keep_alive: bool,
+    pub unconfirmed: Option<Box<Unconfirmed>>,
 }
 
 /// After a Status 2 is written. Standalone: what it reported stands, unless the device comes

@@ -72,6 +72,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
             },
         };
         let _ = stream.set_nodelay(true);
+        // Bytes a vanished device never acknowledges fail the connection in bounded time (see
+        // `delivery`); an idle parked connection has none, and is not affected.
+        let _ = socket2::SockRef::from(&stream)
+            .set_tcp_user_timeout(Some(shared.config.delivery_timeout));
         let (shared, drain) = (shared.clone(), drain.clone());
         // Plain and TLS connections are spawned as separate futures: a task is as large as its
         // largest state, and a plaintext connection must not pay for TLS's.

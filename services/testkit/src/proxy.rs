@@ -1,7 +1,9 @@
 //! A TCP proxy in front of a service, which the test can cut (every connection dropped, new
 //! ones refused) and restore: a network partition between one pod and that service. It can
 //! also silence its connections, as a carrier drops a mapping: neither end is told, and what
-//! either sends is lost.
+//! either sends is lost; or abandon them, as a phone does on a handover or an app restart:
+//! nothing passes, and once the test says so, what the service sent meanwhile is met with a
+//! reset (a close with unread data).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ pub struct Proxy {
     active: Arc<AtomicUsize>,
     generation: watch::Sender<u64>,
     silenced: watch::Sender<u64>,
+    abandoned: watch::Sender<u64>,
+    resets: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,9 +31,11 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let (silenced, _) = watch::channel(0u64);
+        let (abandoned, _) = watch::channel(0u64);
+        let (resets, _) = watch::channel(0u64);
         let active = Arc::new(AtomicUsize::new(0));
         let (flag, gen, open) = (cut.clone(), generation.clone(), active.clone());
-        let hush = silenced.clone();
+        let (hush, leave, rst) = (silenced.clone(), abandoned.clone(), resets.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if flag.load(Ordering::Acquire) {
@@ -38,22 +44,34 @@ impl Proxy {
                 }
                 let mut cut_signal = gen.subscribe();
                 let mut silence_signal = hush.subscribe();
+                let mut abandon_signal = leave.subscribe();
+                let mut reset_signal = rst.subscribe();
                 open.fetch_add(1, Ordering::SeqCst);
                 let open = open.clone();
                 tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(target).await {
                         let mut client = client;
                         // A cut wins over data in flight: nothing passes once it is signalled.
-                        let silenced = tokio::select! {
+                        let then = tokio::select! {
                             biased;
-                            _ = cut_signal.changed() => false,
-                            _ = silence_signal.changed() => true,
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                            _ = cut_signal.changed() => Then::Close,
+                            _ = silence_signal.changed() => Then::Discard,
+                            _ = abandon_signal.changed() => Then::Reset,
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => Then::Close,
                         };
-                        if silenced {
-                            tokio::select! {
+                        match then {
+                            Then::Close => {}
+                            Then::Discard => tokio::select! {
                                 _ = cut_signal.changed() => {}
                                 () = discard(client, server) => {}
+                            },
+                            Then::Reset => {
+                                tokio::select! {
+                                    _ = cut_signal.changed() => {}
+                                    _ = reset_signal.changed() => {}
+                                }
+                                // Unread bytes make the kernel answer this close with a reset.
+                                drop((client, server));
                             }
                         }
                     }
@@ -67,6 +85,8 @@ impl Proxy {
             active,
             generation,
             silenced,
+            abandoned,
+            resets,
             task,
         }
     }
@@ -93,9 +113,27 @@ impl Proxy {
         self.silenced.send_modify(|g| *g += 1);
     }
 
+    /// From now on the open connections pass nothing, and nobody reads them: as after a
+    /// handover or an app restart.
+    pub fn abandon(&self) {
+        self.abandoned.send_modify(|g| *g += 1);
+    }
+
+    /// Closes the abandoned connections: what the service wrote into them unread is met with a
+    /// reset, as a phone's kernel answers bytes for a socket nobody holds any more.
+    pub fn reset(&self) {
+        self.resets.send_modify(|g| *g += 1);
+    }
+
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Release);
     }
+}
+
+enum Then {
+    Close,
+    Discard,
+    Reset,
 }
 
 /// Reads and drops what both ends send until both have closed.

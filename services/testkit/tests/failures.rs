@@ -237,6 +237,83 @@ async fn a_wake_written_into_a_silently_dropped_connection_is_reported_again() {
     env.cleanup().await;
 }
 
+/// Issue 12, item 2: I1 across a handover in standalone mode. The phone leaves its connection
+/// with a Ping parked (a Wi-Fi/LTE handover, an app restart) and Pings again at once on a new
+/// one, long before that Ping's heartbeat would have run out; the Status 2 written into the old
+/// connection meets a reset. The new Ping hears the change either way: arriving after the reset
+/// (its claim finds the folder news again) or parked before it, on another pod (told to
+/// re-check through that pod's wake subject).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_written_into_an_abandoned_connection_is_reported_on_the_new_one() {
+    handover(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handover_to_another_pod_hears_the_wake_lost_on_the_first() {
+    handover(true).await;
+}
+
+async fn handover(to_another_pod: bool) {
+    let env = Env::new().await;
+    env.account("hana@example.com", "pw-hana").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let wifi = Proxy::start(a.addr).await;
+    let mut old = Device::new(wifi.addr, "hana@example.com", "pw-hana", "phone");
+    let parked = tokio::spawn(async move { old.ping(Some(&ping_body(300, &["5"]))).await });
+    env.wait_parked("hana@example.com", "phone", "a", None)
+        .await;
+    wifi.abandon();
+    w.change(&env, "hana@example.com", &["5"]).await;
+    wait_for(
+        "the Status 2 written into the abandoned connection",
+        Duration::from_secs(10),
+        || async {
+            (a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+    // At once, on LTE: heard now, not at the end of a 300 s heartbeat.
+    let lte = if to_another_pod { b.addr } else { a.addr };
+    let mut phone = Device::new(lte, "hana@example.com", "pw-hana", "phone");
+    let mut parked = Some(parked);
+    let reset = |parked: &mut Option<tokio::task::JoinHandle<_>>| {
+        wifi.reset();
+        parked.take().expect("reset once")
+    };
+    if !to_another_pod {
+        let lost = reset(&mut parked).await.expect("ping task");
+        assert!(lost.is_err(), "the abandoned connection delivers nothing: {lost:?}");
+    }
+    let again = tokio::spawn(async move {
+        let answer = phone
+            .ping_within(Some(&ping_body(300, &["5"])), Duration::from_secs(20))
+            .await
+            .ping();
+        (phone, answer)
+    });
+    if to_another_pod {
+        env.wait_parked("hana@example.com", "phone", "b", None)
+            .await;
+        let lost = reset(&mut parked).await.expect("ping task");
+        assert!(lost.is_err(), "the abandoned connection delivers nothing: {lost:?}");
+    }
+    let (mut phone, again) = again.await.expect("ping task");
+    assert_eq!(
+        (again.status, again.folders),
+        (PingStatus::Changes, vec!["5".to_owned()])
+    );
+    assert!(a.metric("dp_frontend_answers_undelivered_total").await >= 1.0);
+    // Read this time (the next request came on the same connection): not reported again.
+    let settled = phone
+        .ping_within(Some(&ping_body(1, &["5"])), Duration::from_secs(5))
+        .await
+        .ping();
+    assert_eq!(settled.status, PingStatus::Expired);
+    env.cleanup().await;
+}
+
 /// Issue 12, item 10: the re-check after a NATS reconnect fails while Redis is unreachable; it
 /// is tried again until Redis answers, and the change whose wake was lost is reported then, not
 /// at the heartbeat's end.
