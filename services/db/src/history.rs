@@ -370,6 +370,29 @@ pub async fn first_seen_ms(
     Ok(first.map(|t| t.timestamp_millis().max(0) as u64))
 }
 
+/// Records that `namespace`'s Redis state is in incarnation `epoch`, and answers whether an
+/// earlier one was recorded: then Redis lost its state since the namespace began.
+pub async fn record_epoch(
+    pool: &PgPool,
+    namespace: &str,
+    epoch: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO redis_epochs (namespace, epoch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(namespace)
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM redis_epochs WHERE namespace = $1 AND epoch <> $2)",
+    )
+    .bind(namespace)
+    .bind(epoch)
+    .fetch_one(pool)
+    .await
+}
+
 /// Whether any device was first seen before `ms` (since the Unix epoch).
 pub async fn any_first_seen_before(pool: &PgPool, ms: u64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(

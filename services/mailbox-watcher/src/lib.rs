@@ -106,14 +106,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let nats = async_nats::ConnectOptions::new()
+    let nats = config
+        .common
+        .nats
+        .options()
         .name(format!("mailbox-watcher/{}", config.common.pod))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((attempts as u64 * 100).min(2000))
         })
-        .connect(&config.common.nats_url)
+        .connect(config.common.nats.addresses())
         .await
         .context("NATS_URL")?;
     let shared = Arc::new(Shared {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, Event};
 use dp_proto::events::{EvictEvent, WakeEvent};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -17,11 +17,12 @@ use crate::Shared;
 /// Connects (retrying in the background until the server answers) and returns the client and
 /// its connection events.
 pub async fn connect(
-    url: &str,
+    servers: &dp_runtime::nats::NatsServers,
     pod: &str,
 ) -> anyhow::Result<(Client, mpsc::UnboundedReceiver<Event>)> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let client = ConnectOptions::new()
+    let client = servers
+        .options()
         .name(format!("ping-frontend/{pod}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -35,7 +36,7 @@ pub async fn connect(
                 let _ = tx.send(event);
             }
         })
-        .connect(url)
+        .connect(servers.addresses())
         .await?;
     Ok((client, rx))
 }

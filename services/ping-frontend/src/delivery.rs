@@ -173,7 +173,11 @@ mod tests {
             assert!(lost_in_transit(&Error::from(kind)), "{kind:?}");
         }
         // A clean end of a TLS session without close_notify is still a close the device made.
-        for kind in [ErrorKind::UnexpectedEof, ErrorKind::InvalidData, ErrorKind::Other] {
+        for kind in [
+            ErrorKind::UnexpectedEof,
+            ErrorKind::InvalidData,
+            ErrorKind::Other,
+        ] {
             assert!(!lost_in_transit(&Error::from(kind)), "{kind:?}");
         }
     }

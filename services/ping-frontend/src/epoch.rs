@@ -19,9 +19,10 @@ const EVERY: Duration = Duration::from_secs(1);
 pub struct Seen {
     created_ms: AtomicU64,
     id_hash: AtomicU64,
-    /// Whether the devices table holds any device first seen before this epoch began: 0 not
-    /// known yet, 1 yes, 2 no. Asked once per epoch; when no device predates it (a fresh
-    /// deployment), none ever will, and new devices cost no lookup.
+    /// Whether the namespace had state before this epoch (an earlier epoch recorded in
+    /// PostgreSQL, or a device first seen before it began): 0 not known yet, 1 yes, 2 no.
+    /// Asked once per epoch; when nothing predates it (a fresh deployment), nothing ever will,
+    /// and new devices cost no lookup.
     any_before: std::sync::atomic::AtomicU8,
 }
 
@@ -62,8 +63,7 @@ async fn refresh(shared: &Shared) {
         .created_ms
         .store(epoch.created_ms, Ordering::Release);
     if before != hash || shared.epoch.any_before.load(Ordering::Acquire) == 0 {
-        let any = dp_db::history::any_first_seen_before(shared.auth.pool(), epoch.created_ms).await;
-        let state = match any {
+        let state = match had_state_before(shared, &epoch).await {
             Ok(true) => 1,
             Ok(false) => 2,
             Err(_) => 0, // unknown: each device is looked up
@@ -77,8 +77,26 @@ async fn refresh(shared: &Shared) {
     }
 }
 
+/// Whether the namespace had Redis state before `epoch`. The devices table alone would not
+/// say: a device whose first Ping was parked when the state went has no row yet (rows are
+/// written as Pings end).
+async fn had_state_before(
+    shared: &Shared,
+    epoch: &dp_keyspace::Epoch,
+) -> Result<bool, sqlx::Error> {
+    let pool = shared.auth.pool();
+    let namespace = &shared.config.common.namespace;
+    Ok(
+        dp_db::history::record_epoch(pool, namespace, &epoch.id).await?
+            || dp_db::history::any_first_seen_before(pool, epoch.created_ms).await?,
+    )
+}
+
 /// Whether a device Redis holds no state for had state before the current epoch began: the
-/// devices table saw it first before then. Unknown (the database unreachable) counts as yes.
+/// devices table saw it first before then, or does not know it at all while the namespace had
+/// state before (its first Ping may have been parked when the state went; a device new since
+/// then hears its folders once: a duplicate, never a loss). Unknown (the database unreachable)
+/// counts as yes.
 pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> bool {
     let created = shared.epoch.created_ms.load(Ordering::Acquire);
     let ttl = shared.config.device_state_ttl.as_millis() as u64;
@@ -91,7 +109,7 @@ pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> b
     }
     match dp_db::history::first_seen_ms(shared.auth.pool(), mailbox, device_id).await {
         Ok(Some(first_seen)) => first_seen < created,
-        Ok(None) => false,
+        Ok(None) => true,
         Err(err) => {
             tracing::warn!(%mailbox, device = %device_id, error = %err, "devices table unreadable; a device Redis forgot is told of its folders");
             true

@@ -122,7 +122,7 @@ pub async fn run(
     let redis = dp_keyspace::connect(&config.common.redis_url, || drain.is_signalled())
         .await
         .context("REDIS_URL")?;
-    let (nats, nats_events) = cluster::connect(&config.common.nats_url, &config.common.pod).await?;
+    let (nats, nats_events) = cluster::connect(&config.common.nats, &config.common.pod).await?;
     let start_ms = dp_runtime::now_ms();
     let shared = Arc::new(Shared {
         store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs())

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod listener;
 pub mod logging;
+pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -32,9 +33,21 @@ impl ConfigError {
 /// The settings every service shares, flattened into each one's flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS servers, comma-separated; credentials in the URL (`nats://user:password@host`).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// `redis://[user]:password@host:port[/db]` (`rediss://` for TLS).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Prefix of every Redis key, NATS subject and JetStream stream.
     #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
@@ -54,7 +67,7 @@ pub struct CommonArgs {
 /// [`CommonArgs`], checked.
 #[derive(Clone, Debug)]
 pub struct Common {
-    pub nats_url: String,
+    pub nats: nats::NatsServers,
     pub redis_url: String,
     pub namespace: String,
     pub pod: String,
@@ -71,7 +84,7 @@ impl CommonArgs {
                 .log_format
                 .parse()
                 .map_err(|e| ConfigError::new("LOG_FORMAT", e))?,
-            nats_url: self.nats_url,
+            nats: nats::NatsServers::parse(&self.nats_url)?,
             redis_url: self.redis_url,
             namespace: self.namespace,
             worker_threads: self.worker_threads,

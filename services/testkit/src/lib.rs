@@ -11,6 +11,7 @@ pub mod env;
 pub mod imap;
 pub mod proxy;
 pub mod services;
+pub mod stores;
 pub mod tls;
 pub mod upstream;
 

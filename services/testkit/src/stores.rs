@@ -1,0 +1,221 @@
+//! Private Redis and NATS servers (the machine's `redis-server` and `nats-server`), behind
+//! passwords, on free ports, that a test or the chaos load test restarts or kills: what must
+//! not be done to the shared servers every other test uses.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+/// A free local port (bound and released: another process could take it first, rarely).
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a local port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn scratch(kind: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "dp-{kind}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Asks a process to stop as an operator's restart does (SIGTERM: Redis writes its
+/// append-only file out, NATS closes its streams), and waits for it to exit.
+async fn terminate(child: &mut Child, what: &str) -> Result<()> {
+    if let Some(pid) = child.id() {
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} ({what}) failed");
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+        Ok(exited) => {
+            exited.with_context(|| format!("waiting for {what} to exit"))?;
+            Ok(())
+        }
+        Err(_) => {
+            child.kill().await.ok();
+            bail!("{what} did not stop within 20 s of SIGTERM")
+        }
+    }
+}
+
+/// Polls `ready` every 50 ms until it answers true, for at most 20 s.
+async fn until_ready<F, Fut>(what: &str, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready().await {
+        if Instant::now() > deadline {
+            bail!("{what} did not answer within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+pub struct LocalRedis {
+    pub port: u16,
+    password: String,
+    persistence: bool,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalRedis {
+    /// With `persistence`, as compose and the chart run it (append-only file, fsync every
+    /// second); without, as a cache would (a restart forgets everything).
+    pub async fn start(password: &str, persistence: bool) -> Result<LocalRedis> {
+        let mut redis = LocalRedis {
+            port: free_port()?,
+            password: password.to_owned(),
+            persistence,
+            dir: scratch("redis")?,
+            child: None,
+        };
+        redis.spawn().await?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let aof = if self.persistence { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--requirepass", &self.password, "--save", ""])
+            .args(["--appendonly", aof, "--appendfsync", "everysec"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (is it installed?)")?;
+        self.child = Some(child);
+        let url = self.url();
+        until_ready("redis-server", || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut conn) => redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port and directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, "redis-server").await?;
+        }
+        self.spawn().await
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct LocalNats {
+    pub port: u16,
+    user: String,
+    password: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNats {
+    /// With JetStream on file storage in its own directory, which a restart keeps.
+    pub async fn start(user: &str, password: &str) -> Result<LocalNats> {
+        let mut nats = LocalNats {
+            port: free_port()?,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            dir: scratch("nats")?,
+            child: None,
+        };
+        nats.spawn().await?;
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "nats://{}:{}@127.0.0.1:{}",
+            self.user, self.password, self.port
+        )
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["--user", &self.user, "--pass", &self.password, "-js", "-sd"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server (is it installed?)")?;
+        self.child = Some(child);
+        let options = || {
+            async_nats::ConnectOptions::with_user_and_password(
+                self.user.clone(),
+                self.password.clone(),
+            )
+        };
+        let addr = format!("127.0.0.1:{}", self.port);
+        until_ready("nats-server", || {
+            let (options, addr) = (options(), addr.clone());
+            async move {
+                match options.connect(addr).await {
+                    Ok(client) => client.flush().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port and directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, "nats-server").await?;
+        }
+        self.spawn().await
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
