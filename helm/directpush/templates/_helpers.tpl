@@ -49,12 +49,51 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.frontend.auth.existingJwtSecret | default (include "directpush.secretName" .) }}
 {{- end -}}
 
+{{- define "directpush.natsSecret" -}}
+{{ .Values.nats.existingSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
+{{- define "directpush.redisSecret" -}}
+{{ .Values.redis.existingSecret | default (include "directpush.secretName" .) }}
+{{- end -}}
+
+{{/* A bundled store's password: required, and safe in a URL as it stands. */}}
+{{- define "directpush.storePassword" -}}
+{{- $p := required (printf "bundled.%s.password is required with the bundled %s" .store .store) .password -}}
+{{- if not (regexMatch "^[A-Za-z0-9._~-]+$" $p) -}}
+{{- fail (printf "bundled.%s.password: use letters, digits, '.', '_', '~' and '-' only (it goes into a URL)" .store) -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{- define "directpush.natsUrl" -}}
+{{- if .Values.bundled.nats.enabled -}}
+nats://directpush:{{ include "directpush.storePassword" (dict "store" "nats" "password" .Values.bundled.nats.password) }}@nats:4222
+{{- else -}}
+{{ .Values.nats.url }}
+{{- end -}}
+{{- end -}}
+
+{{- define "directpush.redisUrl" -}}
+{{- if .Values.bundled.redis.enabled -}}
+redis://:{{ include "directpush.storePassword" (dict "store" "redis" "password" .Values.bundled.redis.password) }}@redis:6379
+{{- else -}}
+{{ .Values.redis.url }}
+{{- end -}}
+{{- end -}}
+
 {{/* Settings every service takes: stores, namespace, pod name, traces. */}}
 {{- define "directpush.commonEnv" -}}
 - name: NATS_URL
-  value: {{ .Values.nats.url | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "directpush.natsSecret" . }}
+      key: NATS_URL
 - name: REDIS_URL
-  value: {{ .Values.redis.url | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "directpush.redisSecret" . }}
+      key: REDIS_URL
 - name: DP_NAMESPACE
   value: {{ .Values.namespace | quote }}
 - name: POD_NAME

@@ -377,6 +377,118 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
     }
 }
 
+/// Issue 12, item 9: compose runs NATS and Redis behind passwords, the same ones the services'
+/// URLs carry.
+#[test]
+fn compose_runs_the_stores_behind_the_passwords_the_services_use() {
+    let compose = yaml("docker-compose.yml");
+    let stores = &compose["x-stores"];
+    let (nats_pw, redis_pw) = (
+        "${NATS_PASSWORD:-directpush-dev-nats}",
+        "${REDIS_PASSWORD:-directpush-dev-redis}",
+    );
+    assert_eq!(
+        stores["NATS_URL"],
+        format!("nats://directpush:{nats_pw}@nats:4222").as_str()
+    );
+    assert_eq!(
+        stores["REDIS_URL"],
+        format!("redis://:{redis_pw}@redis:6379").as_str()
+    );
+    let command = |service: &str| -> Vec<String> {
+        compose["services"][service]["command"]
+            .as_sequence()
+            .expect("a command list")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let follows = |args: &[String], flag: &str, value: &str| {
+        args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    };
+    assert!(follows(&command("nats"), "--pass", nats_pw));
+    assert!(follows(&command("nats"), "--user", "directpush"));
+    assert!(follows(&command("redis"), "--requirepass", redis_pw));
+}
+
+/// Issue 12, item 9: the bundled stores run behind passwords the services read from their
+/// URLs in the chart's Secret, and NetworkPolicies let only this release's pods reach them.
+#[test]
+fn the_bundled_stores_take_passwords_and_only_the_release_reaches_them() {
+    let token = "watcher.ingestToken=0123456789abcdef";
+    let refused = Command::new(helm())
+        .args([
+            "template",
+            "dp",
+            "helm/directpush",
+            "--kube-version",
+            "1.30.0",
+        ])
+        .args(["--set", token, "--set", "bundled.redis.enabled=true"])
+        .current_dir(root())
+        .output()
+        .expect("helm runs");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bundled.redis.password is required"));
+
+    let docs = render(&[
+        token,
+        "bundled.nats.enabled=true",
+        "bundled.nats.password=n4ts-pw",
+        "bundled.redis.enabled=true",
+        "bundled.redis.password=r3dis-pw",
+        "bundled.postgres.enabled=true",
+    ]);
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret")
+        .expect("the chart's Secret");
+    assert_eq!(
+        secret["stringData"]["NATS_URL"],
+        "nats://directpush:n4ts-pw@nats:4222"
+    );
+    assert_eq!(
+        secret["stringData"]["REDIS_URL"],
+        "redis://:r3dis-pw@redis:6379"
+    );
+    for deployment in ["dp-directpush-frontend", "dp-directpush-watcher"] {
+        let env = &container(&docs, deployment)["env"];
+        for name in ["NATS_URL", "REDIS_URL"] {
+            let var = env
+                .as_sequence()
+                .and_then(|s| s.iter().find(|e| e["name"] == name))
+                .unwrap_or_else(|| panic!("{deployment} reads {name}"));
+            assert_eq!(
+                var["valueFrom"]["secretKeyRef"]["key"], name,
+                "{deployment}"
+            );
+            assert!(
+                var["value"].is_null(),
+                "{deployment}: {name} not in plain text"
+            );
+        }
+    }
+    let args = |name: &str| -> String {
+        let set = docs
+            .iter()
+            .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("a bundled {name}"));
+        let c = &set["spec"]["template"]["spec"]["containers"][0];
+        serde_yaml::to_string(&c["args"]).expect("args")
+    };
+    assert!(args("redis").contains("--requirepass"));
+    assert!(args("nats").contains("--pass"));
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 3, "one per bundled store");
+    for policy in policies {
+        let from = &policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"];
+        assert_eq!(from["app.kubernetes.io/instance"], "dp");
+        assert_eq!(from["app.kubernetes.io/name"], "directpush");
+    }
+}
+
 #[test]
 fn the_image_builds_every_binary() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");

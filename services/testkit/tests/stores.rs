@@ -1,0 +1,157 @@
+//! Issue 12, items 1 and 9, on private stores behind passwords (as compose and the chart run
+//! them): a round of changes before and after a Redis restart (with its append-only file, and
+//! without persistence), a NATS restart and a frontend's death. Every device hears every round
+//! (I1); the duplicates the failures cause are counted and printed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dp_proto::ping::PingStatus;
+use dp_testkit::client::ping_body;
+use dp_testkit::stores::{LocalNats, LocalRedis};
+use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
+use tokio::time::Instant;
+
+const MAILBOX: &str = "chaos@example.com";
+const DEVICES: [&str; 3] = ["d0", "d1", "d2"];
+
+/// When each device read a Status 2 (and for which folders).
+type Heard = Arc<Mutex<Vec<(usize, Instant)>>>;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_survive_restarts_of_stores_behind_passwords() {
+    chaos(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_survive_a_redis_restart_without_persistence() {
+    chaos(false).await;
+}
+
+async fn chaos(persistence: bool) {
+    let mut redis = LocalRedis::start("redis-s3cret", persistence)
+        .await
+        .expect("a private redis-server");
+    let mut nats = LocalNats::start("directpush", "nats-s3cret")
+        .await
+        .expect("a private nats-server");
+    let mut env = Env::new().await;
+    env.redis_url = redis.url();
+    env.nats_url = nats.url();
+    env.account(MAILBOX, "pw").await;
+    let mut a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let heard: Heard = Arc::default();
+    let mut phones = Vec::new();
+    for (i, id) in DEVICES.iter().enumerate() {
+        let home = if i == 0 { a.addr } else { b.addr };
+        phones.push(tokio::spawn(keep_pinging(
+            Device::new(home, MAILBOX, "pw", id),
+            i,
+            [home, b.addr],
+            heard.clone(),
+        )));
+    }
+
+    let mut changes = 0;
+    round(&env, &w, &heard, "with everything up", &mut changes).await;
+    redis.restart().await.expect("redis-server restarts");
+    round(&env, &w, &heard, "after a Redis restart", &mut changes).await;
+    nats.restart().await.expect("nats-server restarts");
+    round(&env, &w, &heard, "after a NATS restart", &mut changes).await;
+    a.kill();
+    round(&env, &w, &heard, "after a frontend died", &mut changes).await;
+
+    let answers = heard.lock().map(|h| h.len()).unwrap_or(0);
+    let needed = changes * DEVICES.len();
+    eprintln!(
+        "persistence {persistence}: {changes} changes, {answers} Status 2 answers for {needed} \
+         needed: {} duplicates",
+        answers.saturating_sub(needed)
+    );
+    assert!(answers >= needed);
+    if persistence {
+        assert_eq!(b.metric("dp_frontend_redis_state_losses_total").await, 0.0);
+    } else {
+        assert!(b.metric("dp_frontend_redis_state_losses_total").await >= 1.0);
+    }
+    for phone in phones {
+        phone.abort();
+    }
+    env.cleanup().await;
+}
+
+/// A device as phones run: Ping, and Ping again whatever the answer; a connection that fails
+/// sends it to the next address (its pod died, the balancer moves it).
+async fn keep_pinging(
+    mut device: Device,
+    i: usize,
+    addrs: [std::net::SocketAddr; 2],
+    heard: Heard,
+) {
+    let mut at = 0;
+    loop {
+        match device.ping(Some(&ping_body(300, &["5"]))).await {
+            Ok(response) if response.status == 200 => {
+                let answer = response.ping();
+                if answer.status == PingStatus::Changes {
+                    if let Ok(mut h) = heard.lock() {
+                        h.push((i, Instant::now()));
+                    }
+                    continue;
+                }
+                if answer.status == PingStatus::Expired {
+                    continue;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                at = (at + 1) % addrs.len();
+                device.move_to(addrs[at]);
+            }
+        }
+        // A Status 8 or a 503 (a store restarting): the phone waits a little, as phones do.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every device is parked, makes one change (retried until the watcher accepts
+/// it: while NATS restarts it answers 503), and waits until every device heard of it.
+async fn round(env: &Env, w: &Watcher, heard: &Heard, when: &str, changes: &mut usize) {
+    wait_for(
+        &format!("every device parked {when}"),
+        Duration::from_secs(30),
+        || async move {
+            for id in DEVICES {
+                env.owner(MAILBOX, id).await?;
+            }
+            Some(())
+        },
+    )
+    .await;
+    let sent = Instant::now();
+    wait_for(
+        &format!("a change accepted {when}"),
+        Duration::from_secs(30),
+        || async move {
+            let body = serde_json::json!({"mailbox": MAILBOX, "folders": ["5"]});
+            (w.ingest(env, &body).await.status == 202).then_some(())
+        },
+    )
+    .await;
+    *changes += 1;
+    wait_for(
+        &format!("every device to hear the change made {when}"),
+        Duration::from_secs(30),
+        || async move {
+            let h = heard.lock().ok()?;
+            DEVICES
+                .iter()
+                .enumerate()
+                .all(|(i, _)| h.iter().any(|&(d, at)| d == i && at >= sent))
+                .then_some(())
+        },
+    )
+    .await;
+}
