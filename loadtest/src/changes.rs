@@ -123,6 +123,9 @@ pub struct Matched {
     /// (change sent at, device) pairs the device did not hear of within the window.
     pub misses: Vec<(u64, usize)>,
     pub refused: usize,
+    /// Status 2 answers no change needed: no change was waiting for them (what a lost Redis
+    /// state or an undelivered answer costs, by design: a duplicate, never a loss).
+    pub duplicates: usize,
 }
 
 /// Matches after the run, so the order in which wakes and sends reached the coordinator does
@@ -141,6 +144,7 @@ pub fn matched(
         times.sort_unstable();
     }
     let mut out = Matched::default();
+    let mut needed = std::collections::HashSet::new();
     for change in sent {
         if !change.accepted {
             out.refused += 1;
@@ -151,6 +155,9 @@ pub fn matched(
                 let i = times.partition_point(|&t| t < change.at_us);
                 times.get(i).copied()
             });
+            if let Some(at) = heard {
+                needed.insert((device, at));
+            }
             match heard {
                 Some(at) if at - change.at_us <= window_us => {
                     out.latencies_us.push(at - change.at_us)
@@ -160,6 +167,7 @@ pub fn matched(
         }
     }
     out.latencies_us.sort_unstable();
+    out.duplicates = wakes.len().saturating_sub(needed.len());
     out
 }
 
@@ -186,6 +194,7 @@ mod tests {
         );
         assert_eq!(m.latencies_us, vec![50, 100]);
         assert_eq!(m.misses, vec![(10, 2)], "heard, but after the window");
+        assert_eq!(m.duplicates, 1, "the wake at 90 came before any change");
     }
 
     #[test]

@@ -36,6 +36,9 @@ enum Command {
     Wake(scenario::wake::WakeArgs),
     /// Kill one frontend with its devices parked: time until all are parked again, misses.
     Storm(scenario::storm::StormArgs),
+    /// Changes through failures: Redis restarted (with or without persistence), NATS restarted,
+    /// a frontend killed, on private stores behind passwords; misses and duplicates.
+    Chaos(scenario::chaos::ChaosArgs),
     /// Devices behind a carrier that drops idle connections: heartbeat convergence, lateness.
     Carrier(scenario::carrier::CarrierArgs),
     /// Proxy mode against a stand-in ActiveSync server: enrolment, wakes acknowledged by Sync.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Park(args) => scenario::park::run(args).await.map(drop),
             Command::Wake(args) => scenario::wake::run(args).await.map(drop),
             Command::Storm(args) => scenario::storm::run(args).await.map(drop),
+            Command::Chaos(args) => scenario::chaos::run(args).await.map(drop),
             Command::Carrier(args) => scenario::carrier::run(args).await.map(drop),
             Command::Proxy(args) => scenario::proxy::run(args).await.map(drop),
             Command::Store(args) => scenario::store::run(args).await.map(drop),

@@ -1,6 +1,8 @@
-//! The scenarios, one file each: `park`, `wake`, `storm`, `carrier`, `proxy` and `store`.
+//! The scenarios, one file each: `park`, `wake`, `storm`, `chaos`, `carrier`, `proxy` and
+//! `store`.
 
 pub mod carrier;
+pub mod chaos;
 pub mod park;
 pub mod proxy;
 pub mod store;
@@ -74,6 +76,7 @@ pub async fn settle(
     report.set("changes_refused", m.refused);
     report.set("wake_latency", percentiles_ms(&m.latencies_us));
     report.set("missed_wakes", m.misses.len());
+    report.set("duplicate_wakes", m.duplicates);
     if !m.misses.is_empty() {
         let first: Vec<_> = m
             .misses

@@ -392,13 +392,3 @@ pub async fn record_epoch(
     .fetch_one(pool)
     .await
 }
-
-/// Whether any device was first seen before `ms` (since the Unix epoch).
-pub async fn any_first_seen_before(pool: &PgPool, ms: u64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM devices WHERE first_seen < to_timestamp($1::float8 / 1000))",
-    )
-    .bind(ms as f64)
-    .fetch_one(pool)
-    .await
-}

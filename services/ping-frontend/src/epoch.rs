@@ -20,7 +20,7 @@ pub struct Seen {
     created_ms: AtomicU64,
     id_hash: AtomicU64,
     /// Whether the namespace had state before this epoch (an earlier epoch recorded in
-    /// PostgreSQL, or a device first seen before it began): 0 not known yet, 1 yes, 2 no.
+    /// PostgreSQL): 0 not known yet, 1 yes, 2 no.
     /// Asked once per epoch; when nothing predates it (a fresh deployment), nothing ever will,
     /// and new devices cost no lookup.
     any_before: std::sync::atomic::AtomicU8,
@@ -77,19 +77,15 @@ async fn refresh(shared: &Shared) {
     }
 }
 
-/// Whether the namespace had Redis state before `epoch`. The devices table alone would not
-/// say: a device whose first Ping was parked when the state went has no row yet (rows are
-/// written as Pings end).
+/// Whether the namespace had Redis state before `epoch`: an earlier epoch of it is recorded.
+/// (Not "a device first seen before it": the devices table has no namespace, and a device whose
+/// first Ping was parked when the state went has no row yet; rows are written as Pings end.)
 async fn had_state_before(
     shared: &Shared,
     epoch: &dp_keyspace::Epoch,
 ) -> Result<bool, sqlx::Error> {
-    let pool = shared.auth.pool();
     let namespace = &shared.config.common.namespace;
-    Ok(
-        dp_db::history::record_epoch(pool, namespace, &epoch.id).await?
-            || dp_db::history::any_first_seen_before(pool, epoch.created_ms).await?,
-    )
+    dp_db::history::record_epoch(shared.auth.pool(), namespace, &epoch.id).await
 }
 
 /// Whether a device Redis holds no state for had state before the current epoch began: the
