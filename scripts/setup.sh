@@ -21,6 +21,8 @@ wait_for_port() {
 command -v wbxml2xml >/dev/null && command -v xml2wbxml >/dev/null || { echo "setup: installing libwbxml2-utils"; apt_install libwbxml2-utils; }
 command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
+# The handover test drops a device's packets (a phone that left the network) with iptables.
+command -v iptables >/dev/null || { echo "setup: installing iptables"; apt_install iptables; }
 
 if ! answers 5432; then
   command -v pg_ctlcluster >/dev/null || { echo "setup: installing PostgreSQL"; apt_install postgresql; }

@@ -320,6 +320,70 @@ async fn handover(to_another_pod: bool) {
     env.cleanup().await;
 }
 
+/// Issue 12, item 2, the other half: the phone left the network (out of Wi-Fi range), so the
+/// Status 2 written into its old connection is never acknowledged; it Pings again at once over
+/// LTE. The TCP user timeout (`DELIVERY_TIMEOUT_SECS`) fails the old connection, and the new
+/// Ping hears the change. The phone's packets are dropped with iptables (root), as the network
+/// it left would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_a_vanished_phone_never_acknowledged_is_reported_on_its_new_connection() {
+    let env = Env::new().await;
+    env.account("ivo@example.com", "pw-ivo").await;
+    let a = Frontend::start(&env, "a", &[("--delivery-timeout-secs", "2")]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let wifi: std::net::IpAddr = "127.0.0.201".parse().expect("an address");
+    let mut old = Device::new(a.addr, "ivo@example.com", "pw-ivo", "phone");
+    old.source = Some(wifi);
+    let parked = tokio::spawn(async move { old.ping(Some(&ping_body(300, &["5"]))).await });
+    env.wait_parked("ivo@example.com", "phone", "a", None).await;
+    let _gone = Blackhole::to(wifi);
+    w.change(&env, "ivo@example.com", &["5"]).await;
+    wait_for(
+        "the Status 2 written towards the vanished phone",
+        Duration::from_secs(10),
+        || async {
+            (a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0).then_some(())
+        },
+    )
+    .await;
+
+    let mut phone = Device::new(a.addr, "ivo@example.com", "pw-ivo", "phone");
+    let again = phone
+        .ping_within(Some(&ping_body(300, &["5"])), Duration::from_secs(20))
+        .await
+        .ping();
+    assert_eq!(
+        (again.status, again.folders),
+        (PingStatus::Changes, vec!["5".to_owned()])
+    );
+    assert!(a.metric("dp_frontend_answers_undelivered_total").await >= 1.0);
+    parked.abort();
+    env.cleanup().await;
+}
+
+/// Packets to an address are dropped (an iptables rule) until this is dropped.
+struct Blackhole(String);
+
+impl Blackhole {
+    fn to(ip: std::net::IpAddr) -> Blackhole {
+        let ip = ip.to_string();
+        let status = std::process::Command::new("iptables")
+            .args(["-I", "INPUT", "-d", &ip, "-j", "DROP"])
+            .status()
+            .expect("iptables runs (scripts/setup.sh installs it; the tests run as root)");
+        assert!(status.success(), "iptables refused the rule");
+        Blackhole(ip)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-D", "INPUT", "-d", &self.0, "-j", "DROP"])
+            .status();
+    }
+}
+
 /// Issue 12, item 10: the re-check after a NATS reconnect fails while Redis is unreachable; it
 /// is tried again until Redis answers, and the change whose wake was lost is reported then, not
 /// at the heartbeat's end.
