@@ -26,6 +26,7 @@ pub struct Sent {
 pub struct Injector {
     pub sent: Arc<Mutex<Vec<Sent>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Injector {
@@ -38,17 +39,22 @@ impl Injector {
         connections: usize,
     ) -> Injector {
         let sent = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let mailboxes = auth.mailboxes(devices);
         let auth = Arc::new(auth.clone());
         let tasks = (0..connections.max(1))
             .map(|_| {
                 let (sent, auth, token) = (sent.clone(), auth.clone(), token.clone());
+                let mut stopped = stopped.clone();
                 let every = Duration::from_secs_f64(connections.max(1) as f64 / per_sec.max(0.001));
                 tokio::spawn(async move {
                     let mut ticker = tokio::time::interval(every);
                     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
                     loop {
-                        ticker.tick().await;
+                        tokio::select! {
+                            _ = ticker.tick() => {}
+                            _ = stopped.changed() => return,
+                        }
                         let mailbox = rand::thread_rng().gen_range(0..mailboxes);
                         let body = serde_json::json!({
                             "mailbox": auth.mailbox(mailbox), "folders": ["5"], "kind": "added"
@@ -67,13 +73,16 @@ impl Injector {
                 })
             })
             .collect();
-        Injector { sent, tasks }
+        Injector { sent, tasks, stop }
     }
 
-    /// Stops sending and returns every change sent.
-    pub fn stop(self) -> Vec<Sent> {
-        for task in &self.tasks {
-            task.abort();
+    /// Stops sending and returns every change sent. A request under way is finished, not
+    /// abandoned: the watcher may accept it, and a change it accepted but nobody recorded
+    /// would show up as a wake no change needed.
+    pub async fn stop(self) -> Vec<Sent> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
         }
         self.sent.lock().map(|s| s.clone()).unwrap_or_default()
     }

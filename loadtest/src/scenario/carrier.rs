@@ -75,7 +75,7 @@ pub async fn run(args: CarrierArgs) -> Result<serde_json::Value> {
     let injector = super::inject(&run, args.changes_per_sec, 4)?;
     let started_us = crate::plan::now_us();
     tokio::time::sleep(Duration::from_secs_f64(scale(args.duration_min))).await;
-    let sent = injector.stop();
+    let sent = injector.stop().await;
     // A change sent while a connection is dead is heard when the device gives up on it:
     // allow the longest heartbeat and its grace, then the usual 5 s.
     let window = Duration::from_secs_f64(f64::from(heartbeat.max) + heartbeat.grace_secs + 5.0);

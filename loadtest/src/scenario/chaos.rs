@@ -72,7 +72,7 @@ pub async fn run(mut args: ChaosArgs) -> Result<serde_json::Value> {
     run.cluster.frontends[args.kill].kill().await?;
 
     tokio::time::sleep_until(at(1.0).into()).await;
-    let sent = injector.stop();
+    let sent = injector.stop().await;
     report.set(
         "changes_per_sec_sent",
         round(sent.len() as f64 / duration.as_secs_f64().max(0.001)),

@@ -57,7 +57,7 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
     }
     let reparked_secs = killed.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.calm_secs)).await;
-    let sent = injector.stop();
+    let sent = injector.stop().await;
     report.set("displaced_devices", displaced);
     report.set("parked_again", back);
     report.set(

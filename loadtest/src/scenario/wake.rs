@@ -40,7 +40,7 @@ pub async fn run(args: WakeArgs) -> Result<serde_json::Value> {
 pub async fn changes(run: &Run, args: &WakeArgs, report: &mut Report) -> Result<()> {
     let injector = super::inject(run, args.changes_per_sec, args.ingest_connections)?;
     tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    let sent = injector.stop();
+    let sent = injector.stop().await;
     report.set(
         "changes_per_sec_sent",
         round(sent.len() as f64 / args.duration_secs.max(1) as f64),
