@@ -209,7 +209,10 @@ async fn chaos() {
     .await;
     assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
     assert!(number(&report, "changes_sent") > 2000.0, "{report:#}");
-    assert!(number(&report, "redis_state_losses_seen") >= 1.0, "{report:#}");
+    assert!(
+        number(&report, "redis_state_losses_seen") >= 1.0,
+        "{report:#}"
+    );
     assert!(number(&report, "duplicate_wakes") >= 0.0);
     assert_eq!(number(&report, "parked_after"), 1000.0, "{report:#}");
     env.cleanup().await;
