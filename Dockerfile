@@ -1,8 +1,11 @@
-# syntax=docker/dockerfile:1.7
 # directpush: one image with every binary (ping-frontend, mailbox-watcher, dpctl, loadtest).
 #
 #   docker build -t directpush .
 #   docker run --rm directpush ping-frontend --help
+#
+# Needs BuildKit (Docker 20.10 or later; DOCKER_BUILDKIT=1 with a client older than 23) for the
+# cache mounts. No `# syntax=` line: the builder's own Dockerfile frontend has every feature used
+# here, and naming one makes every build fetch it from a registry first.
 #
 # Reproducible: the toolchain and base images are pinned, dependencies come from Cargo.lock
 # (--locked), paths are remapped, and file times are set from SOURCE_DATE_EPOCH.

@@ -11,3 +11,6 @@ cargo fmt --all -- --check
 python3 -m yamllint --strict docker-compose.yml deploy helm/directpush/values.yaml helm/directpush/Chart.yaml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
+# The deployment run for real: the image built, the compose stack up and exercised, the chart
+# validated against Kubernetes' schemas (README.md, "What runs for real in CI").
+bash scripts/deploy-smoke.sh </dev/null
