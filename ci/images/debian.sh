@@ -3,10 +3,11 @@
 # imported into the local Docker engine. Idempotent: kept once made.
 set -euo pipefail
 TAG=directpush-standin/debian:bookworm
-if docker image inspect "$TAG" >/dev/null 2>&1; then
+DOCKER=${DOCKER:-docker}
+if $DOCKER image inspect "$TAG" >/dev/null 2>&1; then
   exit 0
 fi
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 echo "deploy-smoke: making $TAG with mmdebstrap from $MIRROR"
 mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm - "$MIRROR" \
-  | docker import --change 'CMD ["bash"]' - "$TAG"
+  | $DOCKER import --change 'CMD ["bash"]' - "$TAG"
