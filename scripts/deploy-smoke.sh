@@ -38,9 +38,11 @@ fi
 COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml -f ci/compose.smoke.yml)
 
 # --- Engine ----------------------------------------------------------------------------------
+DOCKERD_PID=
 if ! $DOCKER info >/dev/null 2>&1; then
   step "starting dockerd (log: $LOGS/dockerd.log)"
   nohup /usr/sbin/dockerd >"$LOGS/dockerd.log" 2>&1 </dev/null &
+  DOCKERD_PID=$!
   for _ in $(seq 1 60); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.5; done
   $DOCKER info >/dev/null 2>&1 || fail "dockerd did not start: $(tail -5 "$LOGS/dockerd.log")"
 fi
@@ -53,6 +55,8 @@ cleanup() {
   fi
   "${COMPOSE[@]}" --profile observability down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "${RUST_CONTEXT:-}"
+  # An engine this run started stops with it (its images stay: the next run's cache).
+  if [ -n "$DOCKERD_PID" ]; then kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null; fi
   exit "$code"
 }
 trap cleanup EXIT

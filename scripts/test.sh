@@ -8,7 +8,7 @@ bash scripts/setup.sh
 bash scripts/peers.sh start </dev/null
 cargo fmt --all -- --check
 # Plain YAML (compose, Prometheus, OpenTelemetry, Grafana, chart values); templates: helm lint.
-python3 -m yamllint --strict docker-compose.yml deploy helm/directpush/values.yaml helm/directpush/Chart.yaml
+python3 -m yamllint --strict docker-compose.yml deploy ci/compose.smoke.yml helm/directpush/values.yaml helm/directpush/Chart.yaml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
 # The deployment run for real: the image built, the compose stack up and exercised, the chart
