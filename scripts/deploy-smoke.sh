@@ -56,7 +56,7 @@ cleanup() {
   "${COMPOSE[@]}" --profile observability down -v --remove-orphans >/dev/null 2>&1 || true
   rm -rf "${RUST_CONTEXT:-}"
   # An engine this run started stops with it (its images stay: the next run's cache).
-  if [ -n "$DOCKERD_PID" ]; then kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null; fi
+  if [ -n "$DOCKERD_PID" ]; then kill "$DOCKERD_PID" 2>/dev/null && wait "$DOCKERD_PID" 2>/dev/null || true; fi
   exit "$code"
 }
 trap cleanup EXIT
