@@ -29,6 +29,20 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// The `limit` label's values: what `Shared::count_limited` is called with.
+const LIMITS: [&str; 10] = [
+    "connections",
+    "connections_per_source",
+    "proxy_protocol",
+    "head_size",
+    "header_time",
+    "body_size",
+    "pings_per_device",
+    "pings_per_mailbox",
+    "devices_per_mailbox",
+    "auth_failures",
+];
+
 pub struct Metrics {
     pub limited: Family<LimitLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
@@ -138,6 +152,14 @@ impl Metrics {
             history: Default::default(),
             proxy: ProxyMetrics::default(),
         };
+        // Every limit and reload result exists at 0 from the start: dashboards show 0, not "no
+        // data", and rate() sees the first refusal.
+        for limit in LIMITS {
+            let _ = metrics.limited.get_or_create(&LimitLabels { limit });
+        }
+        for result in ["ok", "error"] {
+            let _ = metrics.tls_reloads.get_or_create(&ResultLabels { result });
+        }
         let r = registry.sub_registry_with_prefix("dp_frontend");
         metrics.proxy.register(r);
         r.register(

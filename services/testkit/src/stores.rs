@@ -66,24 +66,68 @@ where
     Ok(())
 }
 
+/// A store's process, its port and its directory (removed on drop, with the process).
+struct Server {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    name: &'static str,
+}
+
+impl Server {
+    fn new(name: &'static str) -> Result<Server> {
+        Ok(Server {
+            port: free_port()?,
+            dir: scratch(name)?,
+            child: None,
+            name,
+        })
+    }
+
+    fn spawn(&mut self, command: &mut Command) -> Result<()> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (is it installed?)", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child, self.name).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct LocalRedis {
     pub port: u16,
     password: String,
     persistence: bool,
-    dir: PathBuf,
-    child: Option<Child>,
+    server: Server,
 }
 
 impl LocalRedis {
     /// With `persistence`, as compose and the chart run it (append-only file, fsync every
     /// second); without, as a cache would (a restart forgets everything).
     pub async fn start(password: &str, persistence: bool) -> Result<LocalRedis> {
+        let server = Server::new("redis-server")?;
         let mut redis = LocalRedis {
-            port: free_port()?,
+            port: server.port,
             password: password.to_owned(),
             persistence,
-            dir: scratch("redis")?,
-            child: None,
+            server,
         };
         redis.spawn().await?;
         Ok(redis)
@@ -95,20 +139,15 @@ impl LocalRedis {
 
     async fn spawn(&mut self) -> Result<()> {
         let aof = if self.persistence { "yes" } else { "no" };
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--requirepass", &self.password, "--save", ""])
             .args(["--appendonly", aof, "--appendfsync", "everysec"])
             .args(["--maxmemory-policy", "noeviction"])
             .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting redis-server (is it installed?)")?;
-        self.child = Some(child);
+            .arg(&self.server.dir);
+        self.server.spawn(&mut command)?;
         let url = self.url();
         until_ready("redis-server", || {
             let url = url.clone();
@@ -130,17 +169,8 @@ impl LocalRedis {
 
     /// Stops the server (SIGTERM) and starts it again on the same port and directory.
     pub async fn restart(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, "redis-server").await?;
-        }
+        self.server.stop().await?;
         self.spawn().await
-    }
-}
-
-impl Drop for LocalRedis {
-    fn drop(&mut self) {
-        drop(self.child.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -148,19 +178,18 @@ pub struct LocalNats {
     pub port: u16,
     user: String,
     password: String,
-    dir: PathBuf,
-    child: Option<Child>,
+    server: Server,
 }
 
 impl LocalNats {
     /// With JetStream on file storage in its own directory, which a restart keeps.
     pub async fn start(user: &str, password: &str) -> Result<LocalNats> {
+        let server = Server::new("nats-server")?;
         let mut nats = LocalNats {
-            port: free_port()?,
+            port: server.port,
             user: user.to_owned(),
             password: password.to_owned(),
-            dir: scratch("nats")?,
-            child: None,
+            server,
         };
         nats.spawn().await?;
         Ok(nats)
@@ -174,17 +203,12 @@ impl LocalNats {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["--user", &self.user, "--pass", &self.password, "-js", "-sd"])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting nats-server (is it installed?)")?;
-        self.child = Some(child);
+            .arg(&self.server.dir);
+        self.server.spawn(&mut command)?;
         let options = || {
             async_nats::ConnectOptions::with_user_and_password(
                 self.user.clone(),
@@ -206,16 +230,7 @@ impl LocalNats {
 
     /// Stops the server (SIGTERM) and starts it again on the same port and directory.
     pub async fn restart(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, "nats-server").await?;
-        }
+        self.server.stop().await?;
         self.spawn().await
-    }
-}
-
-impl Drop for LocalNats {
-    fn drop(&mut self) {
-        drop(self.child.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
