@@ -47,6 +47,9 @@ pub struct WatcherArgs {
     /// Hours the stream keeps a change (acknowledged or not).
     #[arg(long, env = "CHANGES_MAX_AGE_HOURS", default_value_t = 24)]
     pub changes_max_age_hours: u64,
+    /// Copies of the change streams in a NATS cluster (1, 3 or 5): with 3, a node may be lost.
+    #[arg(long, env = "CHANGES_REPLICAS", default_value_t = 1)]
+    pub changes_replicas: usize,
     /// `file` or `memory`.
     #[arg(long, env = "CHANGES_STORAGE", default_value = "file")]
     pub changes_storage: String,
@@ -91,6 +94,7 @@ pub struct Config {
     pub max_deliver: i64,
     pub wake_max_bytes: usize,
     pub changes_max_age: Duration,
+    pub changes_replicas: usize,
     pub memory_storage: bool,
     pub device_state_ttl: Duration,
     pub max_batch: usize,
@@ -134,6 +138,12 @@ impl WatcherArgs {
                 "must be more than 0",
             ));
         }
+        if ![1, 3, 5].contains(&self.changes_replicas) {
+            return Err(ConfigError::new(
+                "CHANGES_REPLICAS",
+                "must be 1, 3 or 5 (JetStream's replicas; a majority must stay up)",
+            ));
+        }
         Ok(Config {
             common,
             listen_addr: parse_addr("LISTEN_ADDR", &self.listen_addr)?,
@@ -150,6 +160,7 @@ impl WatcherArgs {
             max_deliver: self.changes_max_deliver,
             wake_max_bytes: self.wake_max_bytes,
             changes_max_age: Duration::from_secs(self.changes_max_age_hours * 3600),
+            changes_replicas: self.changes_replicas,
             memory_storage,
             device_state_ttl: Duration::from_secs(u64::from(self.device_state_ttl_days) * 86_400),
             max_batch: self.max_batch,

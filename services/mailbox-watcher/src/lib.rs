@@ -59,6 +59,7 @@ async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
         subjects: vec![shared.subjects.all_changes()],
         storage,
         max_age: shared.config.changes_max_age,
+        num_replicas: shared.config.changes_replicas,
         ..Default::default()
     };
     let dead = stream::Config {
@@ -66,6 +67,7 @@ async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
         subjects: vec![shared.subjects.all_dead()],
         storage,
         max_age: Duration::from_secs(7 * 86_400),
+        num_replicas: shared.config.changes_replicas,
         ..Default::default()
     };
     let stream = current_stream(shared, changes).await?;
@@ -85,7 +87,10 @@ async fn current_stream(shared: &Shared, config: stream::Config) -> anyhow::Resu
         .info()
         .await
         .map_err(|e| anyhow::anyhow!("reading the stream {name}: {e}"))?;
-    if info.config.max_age != config.max_age || info.config.subjects != config.subjects {
+    if info.config.max_age != config.max_age
+        || info.config.subjects != config.subjects
+        || info.config.num_replicas != config.num_replicas
+    {
         shared
             .jetstream
             .update_stream(config)

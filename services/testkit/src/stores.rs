@@ -234,3 +234,100 @@ impl LocalNats {
         self.spawn().await
     }
 }
+
+/// Three `nats-server`s in one cluster with JetStream (routes between them on their own free
+/// ports), for streams with three replicas; a node can be killed and started again.
+pub struct LocalNatsCluster {
+    nodes: Vec<Server>,
+    cluster_ports: Vec<u16>,
+}
+
+impl LocalNatsCluster {
+    pub async fn start() -> Result<LocalNatsCluster> {
+        let mut cluster = LocalNatsCluster {
+            nodes: Vec::new(),
+            cluster_ports: Vec::new(),
+        };
+        for _ in 0..3 {
+            cluster.nodes.push(Server::new("nats-server")?);
+            cluster.cluster_ports.push(free_port()?);
+        }
+        for i in 0..3 {
+            cluster.spawn(i)?;
+        }
+        cluster.until_jetstream_has_a_leader().await?;
+        Ok(cluster)
+    }
+
+    /// Every node's client URL, comma-separated, as `NATS_URL` takes a cluster.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let routes = self
+            .cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-p", &self.nodes[i].port.to_string()])
+            .args(["--server_name", &format!("n{i}"), "-js", "-sd"])
+            .arg(&self.nodes[i].dir)
+            .args(["--cluster_name", "dp", "--cluster"])
+            .arg(format!("nats://127.0.0.1:{}", self.cluster_ports[i]))
+            .args(["--routes", &routes]);
+        self.nodes[i].spawn(&mut command)
+    }
+
+    /// Kills node `i` at once (SIGKILL), as a lost machine.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts node `i` again, on its port and with its data.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        self.spawn(i)?;
+        self.until_jetstream_has_a_leader().await
+    }
+
+    /// JetStream in a cluster answers only once its nodes elected a leader: until a replicated
+    /// stream can be made.
+    async fn until_jetstream_has_a_leader(&self) -> Result<()> {
+        let url = self.url();
+        until_ready("a JetStream cluster", || {
+            let url = url.clone();
+            async move {
+                let Ok(servers) = dp_runtime::nats::NatsServers::parse(&url) else {
+                    return false;
+                };
+                let Ok(client) = async_nats::connect(servers.addresses()).await else {
+                    return false;
+                };
+                let js = async_nats::jetstream::new(client);
+                let probe = async_nats::jetstream::stream::Config {
+                    name: "readiness_probe".into(),
+                    subjects: vec!["readiness.probe".into()],
+                    num_replicas: 3,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                };
+                match js.get_or_create_stream(probe).await {
+                    Ok(_) => js.delete_stream("readiness_probe").await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dp_proto::ping::PingStatus;
 use dp_testkit::client::ping_body;
-use dp_testkit::stores::{LocalNats, LocalRedis};
+use dp_testkit::stores::{LocalNats, LocalNatsCluster, LocalRedis};
 use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
 use tokio::time::Instant;
 
@@ -82,6 +82,64 @@ async fn chaos(persistence: bool) {
     env.cleanup().await;
 }
 
+/// Issue 15: a three-node NATS cluster with the change streams replicated three times
+/// (`CHANGES_REPLICAS=3`, `NATS_URL` listing the nodes). A node dies with changes coming (the
+/// services connected to it move to the others), comes back, and another dies: every device
+/// hears every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_survive_the_loss_of_a_nats_node() {
+    let mut nats = LocalNatsCluster::start()
+        .await
+        .expect("a three-node NATS cluster");
+    let mut env = Env::new().await;
+    env.nats_url = nats.url();
+    env.account(MAILBOX, "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w = Watcher::start(&env, "w", &[("--changes-replicas", "3")]).await;
+    let heard: Heard = Arc::default();
+    let mut phones = Vec::new();
+    for (i, id) in DEVICES.iter().enumerate() {
+        let home = if i == 0 { a.addr } else { b.addr };
+        phones.push(tokio::spawn(keep_pinging(
+            Device::new(home, MAILBOX, "pw", id),
+            i,
+            [home, b.addr],
+            heard.clone(),
+        )));
+    }
+    let mut changes = 0;
+    round(&env, &w, &heard, "with three NATS nodes", &mut changes).await;
+    let servers = dp_runtime::nats::NatsServers::parse(&env.nats_url).expect("NATS_URL");
+    let client = async_nats::connect(servers.addresses())
+        .await
+        .expect("NATS");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(format!("{}_changes", env.namespace))
+        .await
+        .expect("the change stream");
+    let info = stream.info().await.expect("its settings");
+    assert_eq!(
+        info.config.num_replicas, 3,
+        "CHANGES_REPLICAS reached the stream"
+    );
+    nats.kill(0).await;
+    round(&env, &w, &heard, "after NATS node 0 died", &mut changes).await;
+    nats.restart(0).await.expect("node 0 back");
+    nats.kill(1).await;
+    round(&env, &w, &heard, "after NATS node 1 died", &mut changes).await;
+    let answers = heard.lock().map(|h| h.len()).unwrap_or(0);
+    eprintln!(
+        "NATS cluster: {changes} changes, {answers} Status 2 answers for {} needed",
+        changes * DEVICES.len()
+    );
+    assert!(answers >= changes * DEVICES.len());
+    for phone in phones {
+        phone.abort();
+    }
+    env.cleanup().await;
+}
+
 /// A device as phones run: Ping, and Ping again whatever the answer; a connection that fails
 /// sends it to the next address (its pod died, the balancer moves it).
 async fn keep_pinging(
@@ -141,6 +199,7 @@ async fn round(env: &Env, w: &Watcher, heard: &Heard, when: &str, changes: &mut 
     )
     .await;
     *changes += 1;
+    let accepted = sent.elapsed();
     wait_for(
         &format!("every device to hear the change made {when}"),
         Duration::from_secs(30),
@@ -154,4 +213,8 @@ async fn round(env: &Env, w: &Watcher, heard: &Heard, when: &str, changes: &mut 
         },
     )
     .await;
+    eprintln!(
+        "{when}: accepted after {accepted:?}, heard by all after {:?}",
+        sent.elapsed()
+    );
 }
