@@ -272,13 +272,14 @@ impl Store {
 
     /// The Status 2 that reported `versions` never reached the device (its connection failed
     /// after the write): those folders are news to it again, unless a later answer reported
-    /// them. Returns how many folders were restored and the device's parked Ping, if any.
+    /// them. Returns the device's parked Ping, if any, when a folder was news again (else there
+    /// is nothing for that Ping to hear).
     pub async fn undelivered<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
         versions: &[FolderVersion],
-    ) -> RedisResult<(usize, Option<Owner>)> {
+    ) -> RedisResult<Option<Owner>> {
         let mut invocation = self.scripts.undelivered.prepare_invoke();
         invocation
             .key(self.keys.notified(device.mailbox, device.device_id))
@@ -287,8 +288,8 @@ impl Store {
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }
-        let (restored, owner): (usize, String) = invocation.invoke_async(conn).await?;
-        Ok((restored, Owner::parse(&owner)))
+        let owner: String = invocation.invoke_async(conn).await?;
+        Ok(Owner::parse(&owner))
     }
 
     /// Forgets the owner entry of a Ping that has ended (request `request` on `pod`), unless

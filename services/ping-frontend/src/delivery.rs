@@ -118,7 +118,7 @@ async fn reopen(shared: &Shared, unconfirmed: &Unconfirmed) {
         .store
         .undelivered(&mut redis, unconfirmed.device(), &unconfirmed.versions);
     let owner = match tokio::time::timeout(shared.config.redis_timeout, call).await {
-        Ok(Ok((_, owner))) => owner,
+        Ok(Ok(owner)) => owner,
         Ok(Err(err)) => {
             shared.metrics.redis_errors.inc();
             tracing::warn!(mailbox = %unconfirmed.mailbox, device = %unconfirmed.device_id, error = %err, "an undelivered Status 2 could not be reopened in Redis; the device hears of it at its heartbeat's end at the latest");

@@ -190,8 +190,8 @@ fn helm() -> PathBuf {
     helm
 }
 
-/// `helm template` with `--set`s, for Kubernetes 1.30; the rendered YAML.
-fn template(sets: &[&str]) -> Vec<u8> {
+/// `helm template` with `--set`s, for Kubernetes 1.30, as it ended.
+fn helm_template(sets: &[&str]) -> std::process::Output {
     let mut command = Command::new(helm());
     command.args([
         "template",
@@ -203,7 +203,12 @@ fn template(sets: &[&str]) -> Vec<u8> {
     for set in sets {
         command.args(["--set", set]);
     }
-    let output = command.current_dir(root()).output().expect("helm runs");
+    command.current_dir(root()).output().expect("helm runs")
+}
+
+/// The rendered YAML of a value set that must render.
+fn template(sets: &[&str]) -> Vec<u8> {
+    let output = helm_template(sets);
     assert!(
         output.status.success(),
         "helm template {sets:?}: {}",
@@ -275,17 +280,7 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
         String::from_utf8_lossy(&lint.stdout)
     );
     // Without an ingest token the chart refuses to render, naming the value.
-    let refused = Command::new(helm())
-        .args([
-            "template",
-            "dp",
-            "helm/directpush",
-            "--kube-version",
-            "1.30.0",
-        ])
-        .current_dir(root())
-        .output()
-        .expect("helm runs");
+    let refused = helm_template(&[]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("watcher.ingestToken"));
 
     let token = "watcher.ingestToken=0123456789abcdef";
@@ -487,18 +482,7 @@ fn compose_runs_the_stores_behind_the_passwords_the_services_use() {
 #[test]
 fn the_bundled_stores_take_passwords_and_only_the_release_reaches_them() {
     let token = "watcher.ingestToken=0123456789abcdef";
-    let refused = Command::new(helm())
-        .args([
-            "template",
-            "dp",
-            "helm/directpush",
-            "--kube-version",
-            "1.30.0",
-        ])
-        .args(["--set", token, "--set", "bundled.redis.enabled=true"])
-        .current_dir(root())
-        .output()
-        .expect("helm runs");
+    let refused = helm_template(&[token, "bundled.redis.enabled=true"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("bundled.redis.password is required"));
 
     let docs = render(&[

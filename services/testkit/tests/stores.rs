@@ -43,16 +43,7 @@ async fn chaos(persistence: bool) {
     let b = Frontend::start(&env, "b", &[]).await;
     let w = Watcher::start(&env, "w", &[]).await;
     let heard: Heard = Arc::default();
-    let mut phones = Vec::new();
-    for (i, id) in DEVICES.iter().enumerate() {
-        let home = if i == 0 { a.addr } else { b.addr };
-        phones.push(tokio::spawn(keep_pinging(
-            Device::new(home, MAILBOX, "pw", id),
-            i,
-            [home, b.addr],
-            heard.clone(),
-        )));
-    }
+    let phones = phones(&a, &b, &heard);
 
     let mut changes = 0;
     round(&env, &w, &heard, "with everything up", &mut changes).await;
@@ -98,16 +89,7 @@ async fn changes_survive_the_loss_of_a_nats_node() {
     let b = Frontend::start(&env, "b", &[]).await;
     let w = Watcher::start(&env, "w", &[("--changes-replicas", "3")]).await;
     let heard: Heard = Arc::default();
-    let mut phones = Vec::new();
-    for (i, id) in DEVICES.iter().enumerate() {
-        let home = if i == 0 { a.addr } else { b.addr };
-        phones.push(tokio::spawn(keep_pinging(
-            Device::new(home, MAILBOX, "pw", id),
-            i,
-            [home, b.addr],
-            heard.clone(),
-        )));
-    }
+    let phones = phones(&a, &b, &heard);
     let mut changes = 0;
     round(&env, &w, &heard, "with three NATS nodes", &mut changes).await;
     let servers = dp_runtime::nats::NatsServers::parse(&env.nats_url).expect("NATS_URL");
@@ -138,6 +120,24 @@ async fn changes_survive_the_loss_of_a_nats_node() {
         phone.abort();
     }
     env.cleanup().await;
+}
+
+/// The devices, Pinging from now on: the first on frontend `a` (which the chaos test kills),
+/// the others on `b`.
+fn phones(a: &Frontend, b: &Frontend, heard: &Heard) -> Vec<tokio::task::JoinHandle<()>> {
+    DEVICES
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let home = if i == 0 { a.addr } else { b.addr };
+            tokio::spawn(keep_pinging(
+                Device::new(home, MAILBOX, "pw", id),
+                i,
+                [home, b.addr],
+                heard.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// A device as phones run: Ping, and Ping again whatever the answer; a connection that fails

@@ -6,7 +6,8 @@
 -- A folder still recorded at the version that answer reported goes back to one below it, so
 -- the device's next claim or check finds it news (news.lua compares for difference). A folder
 -- reported again since (a later answer) is left: that answer covers it. Returns the device's
--- owner entry ('' if no Ping is parked), for the frontend to re-check that Ping.
+-- owner entry, for the frontend to re-check that Ping; '' when no Ping is parked or no folder
+-- was news again.
 local restored = 0
 for i = 2, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
@@ -14,4 +15,7 @@ for i = 2, #ARGV, 2 do
     restored = restored + 1
   end
 end
-return {restored, redis.call('HGET', KEYS[2], ARGV[1]) or ''}
+if restored == 0 then
+  return ''
+end
+return redis.call('HGET', KEYS[2], ARGV[1]) or ''
