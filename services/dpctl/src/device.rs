@@ -8,6 +8,7 @@ pub async fn show(
     mailbox: &str,
     device_id: &str,
     namespace: &str,
+    redis_mode: &str,
     redis_url: &str,
     database_url: &str,
 ) -> Result<()> {
@@ -18,9 +19,10 @@ pub async fn show(
         device_id,
         key: &key,
     };
-    let client = redis::Client::open(redis_url).context("REDIS_URL")?;
-    let mut conn = client
-        .get_multiplexed_tokio_connection()
+    // A reading tool: no replica to wait for, and no waiting for Redis to come up.
+    let servers = dp_runtime::redis::RedisServers::parse(redis_mode, redis_url, Some(0), 1000)?;
+    let mut conn = servers
+        .connect(|| true)
         .await
         .context("connecting to Redis")?;
     let state = Store::new(namespace, 0)

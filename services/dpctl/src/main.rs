@@ -79,8 +79,17 @@ enum DeviceCommand {
 struct Stores {
     #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
     namespace: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// One server, or with `--redis-mode cluster` a Redis Cluster's seed nodes, comma-separated.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     redis_url: String,
+    /// `single` or `cluster`, as the services are configured.
+    #[arg(long, env = "REDIS_MODE", default_value = "single")]
+    redis_mode: String,
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
             &mailbox,
             &device,
             &stores.namespace,
+            &stores.redis_mode,
             &stores.redis_url,
             &stores.database_url,
         )),

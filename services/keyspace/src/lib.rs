@@ -21,6 +21,7 @@
 
 use dp_proto::events::FolderVersion;
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
+use dp_runtime::redis::{invoke_durable, Durable};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
@@ -30,7 +31,7 @@ mod operator;
 mod owner;
 mod proxy;
 pub use keys::{Device, Keyspace, Mode};
-pub use operator::{connect, DeviceState, Epoch};
+pub use operator::{DeviceState, Epoch};
 pub use owner::Owner;
 pub use proxy::{HierarchyChange, SyncStart, Synced};
 
@@ -158,7 +159,7 @@ impl Store {
     /// Records `owner` as the device's parked Ping, merges the request with the cached
     /// parameters (and caches the result), settles the device's last Status 2 (see
     /// [`Store::ack`]) and finds the monitored folders with news. `now_ms` is the pod's clock.
-    pub async fn claim<C: ConnectionLike>(
+    pub async fn claim<C: Durable>(
         &self,
         conn: &mut C,
         device: Device<'_>,
@@ -202,13 +203,15 @@ impl Store {
                     .arg(self.max_devices);
             }
         }
-        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        // Durable: a failover must not forget whom to wake (I1).
+        let owners = self.keys.owners(device.mailbox);
+        let reply: Vec<String> = invoke_durable(conn, &invocation, &owners).await?;
         parse_claim(reply, request)
     }
 
     /// Increments the versions of the change's folders (and the hierarchy version when it
     /// says so) and returns the owners of the mailbox's Pings.
-    pub async fn bump<C: ConnectionLike>(
+    pub async fn bump<C: Durable>(
         &self,
         conn: &mut C,
         mailbox: &str,
@@ -228,7 +231,9 @@ impl Store {
         for folder in change.folders.iter().chain(change.store_folders) {
             invocation.arg(folder);
         }
-        let reply: Vec<String> = invocation.invoke_async(conn).await?;
+        // Durable: its change is acknowledged to JetStream after this (I1).
+        let reply: Vec<String> =
+            invoke_durable(conn, &invocation, &self.keys.versions(mailbox)).await?;
         let number = |i: usize| -> usize { reply.get(i).and_then(|c| c.parse().ok()).unwrap_or(0) };
         let (count, store_watched, store_unwatched) = (number(0), number(1), number(2));
         let rest = reply.get(3..).unwrap_or_default();
@@ -274,7 +279,7 @@ impl Store {
     /// after the write): those folders are news to it again, unless a later answer reported
     /// them. Returns the device's parked Ping, if any, when a folder was news again (else there
     /// is nothing for that Ping to hear).
-    pub async fn undelivered<C: ConnectionLike>(
+    pub async fn undelivered<C: Durable>(
         &self,
         conn: &mut C,
         device: Device<'_>,
@@ -288,7 +293,8 @@ impl Store {
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }
-        let owner: String = invocation.invoke_async(conn).await?;
+        let owners = self.keys.owners(device.mailbox);
+        let owner: String = invoke_durable(conn, &invocation, &owners).await?;
         Ok(Owner::parse(&owner))
     }
 

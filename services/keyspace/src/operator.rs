@@ -1,32 +1,9 @@
-//! What operators and tools read: connecting, and a device's whole state.
+//! What operators and tools read: a device's whole state, and the namespace's epoch.
 
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
 use crate::{Device, Owner, Store};
-
-/// Connects to Redis, retrying every half second until it answers or `give_up` says stop: a
-/// service waits for Redis rather than exiting, and reports not ready meanwhile.
-pub async fn connect(
-    url: &str,
-    give_up: impl Fn() -> bool,
-) -> RedisResult<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let mut attempt = 0u32;
-    loop {
-        match redis::aio::ConnectionManager::new(client.clone()).await {
-            Ok(manager) => return Ok(manager),
-            Err(err) if give_up() => return Err(err),
-            Err(err) => {
-                if attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %err, "waiting for Redis");
-                }
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
 
 /// Everything Redis holds about one device, for operators (`dpctl device show`).
 #[derive(Debug, Default)]

@@ -13,9 +13,9 @@ use async_nats::jetstream::{AckKind, Message};
 use dp_keyspace::Change;
 use dp_proto::events::{ChangeEvent, ChangeKind, WakeEvent, WakeTarget};
 use dp_proto::ids::canonical_mailbox;
+use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 
 use crate::Shared;
 
@@ -36,12 +36,7 @@ struct Group {
     messages: Vec<Message>,
 }
 
-pub async fn run(
-    shared: Arc<Shared>,
-    redis: ConnectionManager,
-    mut messages: Messages,
-    mut drain: Drain,
-) {
+pub async fn run(shared: Arc<Shared>, redis: Redis, mut messages: Messages, mut drain: Drain) {
     loop {
         let first = tokio::select! {
             _ = drain.signalled() => return,
@@ -69,7 +64,7 @@ pub async fn run(
     }
 }
 
-async fn dispatch(shared: &Shared, redis: &ConnectionManager, batch: Vec<Message>) {
+async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>) {
     let mut groups: HashMap<String, Group> = HashMap::new();
     for message in batch {
         let change: ChangeEvent = match serde_json::from_slice(&message.payload)
@@ -196,7 +191,7 @@ fn published_us(message: &Message) -> u64 {
 
 async fn bump_and_wake(
     shared: &Shared,
-    redis: &ConnectionManager,
+    redis: &Redis,
     mailbox: &str,
     group: &Group,
 ) -> anyhow::Result<()> {
@@ -208,12 +203,27 @@ async fn bump_and_wake(
         hierarchy: group.hierarchy,
     };
     let mut redis = redis.clone();
+    // With replicas to wait for (REDIS_WAIT_REPLICAS), the bump counts only once they hold
+    // it: a primary that fails over before copying it would otherwise lose an acknowledged
+    // change for good (I1). One not replicated in time fails, and the change comes again.
     let bump = shared
         .store
         .bump(&mut redis, mailbox, change, dp_runtime::now_ms());
     let bump = tokio::time::timeout(Duration::from_secs(2), bump)
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
+    wake(shared, mailbox, group, bump).await
+}
+
+/// Wakes the pods holding the mailbox's parked Pings, one message per pod (split at the NATS
+/// payload limit).
+async fn wake(
+    shared: &Shared,
+    mailbox: &str,
+    group: &Group,
+    bump: dp_keyspace::Bump,
+) -> anyhow::Result<()> {
+    let folders = &group.folders;
     shared
         .metrics
         .count_store_folders(bump.store_watched, bump.store_unwatched);

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
 use dp_runtime::ConfigError;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::Shared;
@@ -165,7 +165,7 @@ pub struct Context {
     shared: Arc<Shared>,
     server: Server,
     settings: Settings,
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 type Watches = HashMap<
@@ -181,7 +181,7 @@ type Watches = HashMap<
 pub async fn run(
     shared: Arc<Shared>,
     settings: Settings,
-    redis: ConnectionManager,
+    redis: Redis,
     ready: Arc<AtomicBool>,
     mut drain: Drain,
 ) {

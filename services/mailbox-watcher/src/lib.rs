@@ -21,6 +21,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use dp_keyspace::Store;
 use dp_proto::events::Subjects;
+use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -162,7 +163,11 @@ pub async fn run(
         }));
     }
     if shared.config.dispatch {
-        let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
+        let redis = shared
+            .config
+            .common
+            .redis
+            .connect(|| drain.is_signalled())
             .await
             .context("REDIS_URL")?;
         let (s, d) = (shared.clone(), drain.clone());
@@ -172,7 +177,11 @@ pub async fn run(
         }));
     }
     if let Some(settings) = shared.config.imap.clone() {
-        let redis = dp_keyspace::connect(&shared.config.common.redis_url, || drain.is_signalled())
+        let redis = shared
+            .config
+            .common
+            .redis
+            .connect(|| drain.is_signalled())
             .await
             .context("REDIS_URL")?;
         let (s, d, ready) = (shared.clone(), drain.clone(), shared.imap_ready.clone());
@@ -194,12 +203,7 @@ pub async fn run(
 /// recreated), the watcher reports not ready and stops dispatching: a consumer created anew
 /// would deliver every change the stream still holds again, so an operator decides (restarting
 /// the watcher does exactly that).
-async fn dispatcher(
-    shared: Arc<Shared>,
-    stream: stream::Stream,
-    redis: redis::aio::ConnectionManager,
-    drain: Drain,
-) {
+async fn dispatcher(shared: Arc<Shared>, stream: stream::Stream, redis: Redis, drain: Drain) {
     match consume(&shared, &stream).await {
         Ok((consumer, messages)) => {
             shared.dispatch_ready.store(true, Ordering::Release);

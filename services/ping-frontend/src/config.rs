@@ -234,6 +234,17 @@ impl FrontendArgs {
         positive("DATABASE_POOL_SIZE", u64::from(self.database_pool_size))?;
         positive("DEVICE_STATE_TTL_DAYS", self.device_state_ttl_days.into())?;
         positive("REDIS_TIMEOUT_MS", self.redis_timeout_ms)?;
+        if common.redis.wait_replicas > 0
+            && common.redis.wait_timeout.as_millis() >= u128::from(self.redis_timeout_ms)
+        {
+            return Err(ConfigError::new(
+                "REDIS_WAIT_TIMEOUT_MS",
+                format!(
+                    "must be below REDIS_TIMEOUT_MS ({}): a claim waits for its replica inside it",
+                    self.redis_timeout_ms
+                ),
+            ));
+        }
         positive("HEADER_TIMEOUT_SECS", self.header_timeout_secs)?;
         positive("IDLE_TIMEOUT_SECS", self.idle_timeout_secs)?;
         positive("WRITE_TIMEOUT_SECS", self.write_timeout_secs)?;

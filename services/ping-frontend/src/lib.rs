@@ -32,9 +32,9 @@ use std::time::Duration;
 use anyhow::Context;
 use dp_keyspace::Store;
 use dp_proto::events::Subjects;
+use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
 use prometheus_client::registry::Registry;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -47,7 +47,7 @@ use crate::parked::Parked;
 pub struct Shared {
     pub config: Config,
     store: Store,
-    redis: ConnectionManager,
+    redis: Redis,
     nats: async_nats::Client,
     subjects: Subjects,
     parked: Parked,
@@ -119,7 +119,10 @@ pub async fn run(
     }
     let (history, history_writer) =
         dp_db::history::spawn_writer(pool.clone(), config.history, metrics.history.clone());
-    let redis = dp_keyspace::connect(&config.common.redis_url, || drain.is_signalled())
+    let redis = config
+        .common
+        .redis
+        .connect(|| drain.is_signalled())
         .await
         .context("REDIS_URL")?;
     let (nats, nats_events) = cluster::connect(&config.common.nats, &config.common.pod).await?;

@@ -229,6 +229,7 @@ async fn claim(
     };
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
+    // With replicas to wait for, a claim not on them in time answers like a Redis error.
     let claimed = shared.store.claim(
         &mut redis,
         device,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod listener;
 pub mod logging;
 pub mod nats;
+pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -41,7 +42,8 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub nats_url: String,
-    /// `redis://[user]:password@host:port[/db]` (`rediss://` for TLS).
+    /// `redis://[user]:password@host:port[/db]` (`rediss://` for TLS); with
+    /// `REDIS_MODE=cluster`, the cluster's seed nodes, comma-separated.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -49,6 +51,16 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// `single` (one server) or `cluster` (a Redis Cluster).
+    #[arg(long, env = "REDIS_MODE", default_value = "single")]
+    pub redis_mode: String,
+    /// Replicas that must hold a write a wake rests on before it counts (Redis `WAIT`);
+    /// default 1 in cluster mode, 0 for a single server.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+    /// How long a write waits for those replicas before it is treated as failed.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_wait_timeout_ms: u64,
     /// Prefix of every Redis key, NATS subject and JetStream stream.
     #[arg(long = "namespace", env = "DP_NAMESPACE", default_value = "dp")]
     pub namespace: String,
@@ -68,7 +80,7 @@ pub struct CommonArgs {
 #[derive(Clone, Debug)]
 pub struct Common {
     pub nats: nats::NatsServers,
-    pub redis_url: String,
+    pub redis: redis::RedisServers,
     pub namespace: String,
     pub pod: String,
     pub log_format: logging::LogFormat,
@@ -85,7 +97,12 @@ impl CommonArgs {
                 .parse()
                 .map_err(|e| ConfigError::new("LOG_FORMAT", e))?,
             nats: nats::NatsServers::parse(&self.nats_url)?,
-            redis_url: self.redis_url,
+            redis: redis::RedisServers::parse(
+                &self.redis_mode,
+                &self.redis_url,
+                self.redis_wait_replicas,
+                self.redis_wait_timeout_ms,
+            )?,
             namespace: self.namespace,
             worker_threads: self.worker_threads,
         })

@@ -9,6 +9,9 @@ pub struct Env {
     pub database: String,
     pub database_url: String,
     pub redis_url: String,
+    /// `single`, or `cluster` with `redis_url` the seed nodes (`REDIS_MODE` runs every test on
+    /// a Redis Cluster).
+    pub redis_mode: String,
     pub nats_url: String,
     /// The bearer token the test watchers accept.
     pub ingest_token: String,
@@ -57,6 +60,7 @@ impl Env {
             database,
             database_url,
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_mode: var("REDIS_MODE", "single"),
             nats_url: var("NATS_URL", "nats://127.0.0.1:4222"),
             ingest_token: "test-ingest-token-0123456789".into(),
             pool,
@@ -79,19 +83,31 @@ impl Env {
             .expect("reads history")
     }
 
-    /// A connection to the test's Redis.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .expect("REDIS_URL")
-            .get_multiplexed_tokio_connection()
-            .await
-            .expect("Redis answers")
+    /// A connection to the test's Redis (a single server or a cluster, as the services use it).
+    pub async fn redis(&self) -> dp_runtime::redis::Redis {
+        self.try_redis().await.expect("Redis answers")
+    }
+
+    async fn try_redis(&self) -> anyhow::Result<dp_runtime::redis::Redis> {
+        let servers =
+            dp_runtime::redis::RedisServers::parse(&self.redis_mode, &self.redis_url, None, 1000)?;
+        Ok(servers.connect(|| true).await?)
+    }
+
+    /// A client of the test's NATS (one server or a cluster, with credentials as the services
+    /// take them).
+    pub async fn nats(&self) -> async_nats::Client {
+        self.try_nats().await.expect("NATS answers")
+    }
+
+    async fn try_nats(&self) -> anyhow::Result<async_nats::Client> {
+        let servers = dp_runtime::nats::NatsServers::parse(&self.nats_url)?;
+        Ok(servers.options().connect(servers.addresses()).await?)
     }
 
     /// The recorded owner of the device's parked Ping, if any.
     pub async fn owner(&self, mailbox: &str, device_id: &str) -> Option<dp_keyspace::Owner> {
-        let client = redis::Client::open(self.redis_url.as_str()).ok()?;
-        let mut conn = client.get_multiplexed_tokio_connection().await.ok()?;
+        let mut conn = self.try_redis().await.ok()?;
         let keys = dp_keyspace::Keyspace::new(&self.namespace);
         let device = dp_proto::ids::device_key(mailbox, device_id);
         let value: Option<String> = redis::cmd("HGET")
@@ -125,21 +141,24 @@ impl Env {
 
     /// Removes what the test left: Redis keys, the JetStream stream, the database.
     pub async fn cleanup(self) {
-        if let Ok(client) = redis::Client::open(self.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_tokio_connection().await {
-                let pattern = dp_keyspace::Keyspace::new(&self.namespace).all_keys_pattern();
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(pattern)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                }
+        if let Ok(mut conn) = self.try_redis().await {
+            // KEYS goes to every primary of a cluster; there DEL key by key, as their slots differ.
+            let pattern = dp_keyspace::Keyspace::new(&self.namespace).all_keys_pattern();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            let batches: Vec<Vec<String>> = match self.redis_mode.as_str() {
+                "cluster" => keys.into_iter().map(|k| vec![k]).collect(),
+                _ => vec![keys],
+            };
+            for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(batch).query_async(&mut conn).await;
             }
         }
-        if let Ok(nats) = async_nats::connect(&self.nats_url).await {
+        if let Ok(nats) = self.try_nats().await {
             let js = async_nats::jetstream::new(nats);
             let subjects = dp_proto::events::Subjects::new(&self.namespace);
             for stream in [subjects.stream(), subjects.dead_stream()] {

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
+mod redis_cluster;
+pub use redis_cluster::{HeldReplication, LocalRedisCluster};
+
 /// A free local port (bound and released: another process could take it first, rarely).
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a local port")?;

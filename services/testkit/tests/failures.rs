@@ -489,7 +489,7 @@ async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
         (w.metric("dp_watcher_changes_dead_total").await >= 1.0).then_some(())
     })
     .await;
-    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let nats = env.nats().await;
     let jetstream = async_nats::jetstream::new(nats);
     let mut dead = jetstream
         .get_stream(format!("{}_dead", env.namespace))
@@ -506,7 +506,7 @@ async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
 async fn a_stopped_dispatcher_makes_the_watcher_not_ready() {
     let env = Env::new().await;
     let w = Watcher::start(&env, "w", &[]).await;
-    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let nats = env.nats().await;
     let jetstream = async_nats::jetstream::new(nats);
     jetstream
         .delete_consumer_from_stream("dispatch", format!("{}_changes", env.namespace))

@@ -210,7 +210,7 @@ async fn changes_published_straight_to_jetstream_wake_too() {
     });
     env.wait_parked("quinn@example.com", "p", "a", None).await;
 
-    let nats = async_nats::connect(&env.nats_url).await.expect("NATS");
+    let nats = env.nats().await;
     let js = async_nats::jetstream::new(nats);
     let subjects = dp_proto::events::Subjects::new(&env.namespace);
     let invalid = js

@@ -6,14 +6,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dp_keyspace::Keyspace;
 use dp_proto::ping::PingStatus;
 use dp_testkit::client::ping_body;
-use dp_testkit::stores::{LocalNats, LocalNatsCluster, LocalRedis};
+use dp_testkit::stores::{LocalNats, LocalNatsCluster, LocalRedis, LocalRedisCluster};
 use dp_testkit::{wait_for, Device, Env, Frontend, Watcher};
 use tokio::time::Instant;
 
 const MAILBOX: &str = "chaos@example.com";
 const DEVICES: [&str; 3] = ["d0", "d1", "d2"];
+const SECOND: Duration = Duration::from_secs(1);
 
 /// When each device read a Status 2 (and for which folders).
 type Heard = Arc<Mutex<Vec<(usize, Instant)>>>;
@@ -92,11 +94,7 @@ async fn changes_survive_the_loss_of_a_nats_node() {
     let phones = phones(&a, &b, &heard);
     let mut changes = 0;
     round(&env, &w, &heard, "with three NATS nodes", &mut changes).await;
-    let servers = dp_runtime::nats::NatsServers::parse(&env.nats_url).expect("NATS_URL");
-    let client = async_nats::connect(servers.addresses())
-        .await
-        .expect("NATS");
-    let mut stream = async_nats::jetstream::new(client)
+    let mut stream = async_nats::jetstream::new(env.nats().await)
         .get_stream(format!("{}_changes", env.namespace))
         .await
         .expect("the change stream");
@@ -120,6 +118,170 @@ async fn changes_survive_the_loss_of_a_nats_node() {
         phone.abort();
     }
     env.cleanup().await;
+}
+
+/// Issue 15: the Redis Cluster primary holding the mailbox's slot is killed while the devices'
+/// Pings are parked and changes keep coming. Its replica is promoted, every device hears the
+/// changes made meanwhile, the frontends and the watcher go on without a restart, and the old
+/// primary comes back as a replica. Prints the time without wakes and the duplicates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_primary_failover_loses_no_change() {
+    let mut redis = LocalRedisCluster::start("cluster-s3cret")
+        .await
+        .expect("a six-node Redis Cluster");
+    let env = on_redis_cluster(&redis).await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let b = Frontend::start(&env, "b", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let heard: Heard = Arc::default();
+    let phones = phones(&a, &b, &heard);
+    let mut changes = 0;
+    round(&env, &w, &heard, "on the Redis Cluster", &mut changes).await;
+
+    let key = Keyspace::new(&env.namespace).versions(MAILBOX);
+    let primary = redis.primary_of(&key).await.expect("the mailbox's primary");
+    let killed = Instant::now();
+    redis.kill(primary).await;
+    // A change every 100 ms until the replica is promoted.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let mut last_sent = killed;
+    let promoted = loop {
+        pace.tick().await;
+        let body = serde_json::json!({"mailbox": MAILBOX, "folders": ["5"]});
+        if w.ingest(&env, &body).await.status == 202 {
+            last_sent = Instant::now();
+        }
+        if redis.primary_of(&key).await.is_ok_and(|p| p != primary) {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no replica promoted within 30 s"
+        );
+    };
+    wait_for(
+        "every device to hear the changes made during the failover",
+        Duration::from_secs(30),
+        || async {
+            let h = heard.lock().ok()?;
+            (0..DEVICES.len())
+                .all(|i| h.iter().any(|&(d, at)| d == i && at >= last_sent))
+                .then_some(())
+        },
+    )
+    .await;
+    let first_after = heard
+        .lock()
+        .ok()
+        .and_then(|h| {
+            h.iter()
+                .filter(|(_, at)| *at >= killed)
+                .map(|(_, at)| *at)
+                .min()
+        })
+        .map(|at| at.duration_since(killed));
+    eprintln!("failover: replica promoted {promoted:?} after the kill; first wake after it {first_after:?}");
+    let before = heard.lock().map(|h| h.len()).unwrap_or(0);
+    round(&env, &w, &heard, "after the failover", &mut changes).await;
+    redis
+        .restart(primary)
+        .await
+        .expect("the old primary rejoins");
+    round(
+        &env,
+        &w,
+        &heard,
+        "with the old primary back as a replica",
+        &mut changes,
+    )
+    .await;
+    let answers = heard.lock().map(|h| h.len()).unwrap_or(0) - before;
+    eprintln!(
+        "after the failover: 2 rounds, {answers} Status 2 answers for {} needed",
+        2 * DEVICES.len()
+    );
+    for frontend in [&a, &b] {
+        assert_eq!(
+            frontend
+                .metric("dp_frontend_redis_state_losses_total")
+                .await,
+            0.0
+        );
+    }
+    for phone in phones {
+        phone.abort();
+    }
+    env.cleanup().await;
+}
+
+/// Issue 15, I1 across a failover: a bump the replica never received (its replication stream
+/// held back) is not acknowledged to JetStream, so once the replica is promoted without it the
+/// change is delivered again and reported. With `REDIS_WAIT_REPLICAS=0` the change is acked,
+/// lost with the primary, and this device answers Status 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bump_lost_with_its_primary_is_made_again_on_the_promoted_replica() {
+    let mut redis = LocalRedisCluster::start("cluster-s3cret")
+        .await
+        .expect("a six-node Redis Cluster");
+    let env = on_redis_cluster(&redis).await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let mut phone = Device::new(a.addr, MAILBOX, "pw", "d0");
+    // A first Ping sets the device's baseline; between Pings nobody is there to wake.
+    let first = phone
+        .ping_within(Some(&ping_body(1, &["5"])), 10 * SECOND)
+        .await;
+    assert_eq!(first.ping().status, PingStatus::Expired);
+
+    let key = Keyspace::new(&env.namespace).versions(MAILBOX);
+    let primary = redis.primary_of(&key).await.expect("the mailbox's primary");
+    let held = redis
+        .hold_replication(primary)
+        .await
+        .expect("replication held back");
+    let body = serde_json::json!({"mailbox": MAILBOX, "folders": ["5"]});
+    assert_eq!(w.ingest(&env, &body).await.status, 202);
+    wait_for("the bump on the primary alone", 10 * SECOND, || async {
+        let version = redis.hget_on(primary, &key, "5").await.ok()??;
+        (version != "0").then_some(())
+    })
+    .await;
+    redis.kill(primary).await;
+    wait_for("a replica promoted", 30 * SECOND, || async {
+        redis.primary_of(&key).await.ok().filter(|p| *p != primary)
+    })
+    .await;
+    drop(held);
+
+    // Until the frontend's client has found the new primary, a Ping may answer Status 8; the
+    // phone tries again, as phones do.
+    let deadline = Instant::now() + 40 * SECOND;
+    let answer = loop {
+        let answer = phone
+            .ping_within(Some(&ping_body(30, &["5"])), 40 * SECOND)
+            .await
+            .ping();
+        if answer.status != PingStatus::ServerError || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (answer.status, answer.folders),
+        (PingStatus::Changes, vec!["5".to_owned()]),
+        "the change bumped on the lost primary alone is reported"
+    );
+    assert!(w.metric("dp_watcher_dispatch_errors_total").await >= 1.0);
+    env.cleanup().await;
+}
+
+/// A test environment whose services use `redis` (cluster mode) and the shared NATS.
+async fn on_redis_cluster(redis: &LocalRedisCluster) -> Env {
+    let mut env = Env::new().await;
+    env.redis_url = redis.url();
+    env.redis_mode = "cluster".into();
+    env.account(MAILBOX, "pw").await;
+    env
 }
 
 /// The devices, Pinging from now on: the first on frontend `a` (which the chaos test kills),

@@ -1,0 +1,41 @@
+//! `clustered-stores SETTINGS`: starts a Redis Cluster (three primaries, three replicas, behind
+//! a password) and a three-node NATS cluster with JetStream on free ports, writes the settings
+//! that point the services and the tests at them to the file SETTINGS (`NAME=value` lines, for
+//! `set -a; . SETTINGS`), and keeps them up until SIGINT or SIGTERM. `scripts/on-clustered-stores.sh`
+//! runs the cluster tests this way.
+#![forbid(unsafe_code)]
+
+use anyhow::{Context, Result};
+use dp_testkit::stores::{LocalNatsCluster, LocalRedisCluster};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let path = std::env::args()
+        .nth(1)
+        .context("usage: clustered-stores SETTINGS")?;
+    let redis = LocalRedisCluster::start("cluster-s3cret")
+        .await
+        .context("starting a Redis Cluster")?;
+    let nats = LocalNatsCluster::start()
+        .await
+        .context("starting a NATS cluster")?;
+    let settings = format!(
+        "REDIS_MODE=cluster\nREDIS_URL={}\nNATS_URL={}\nCHANGES_REPLICAS=3\n",
+        redis.url(),
+        nats.url()
+    );
+    // Whole or not at all: the script waits for the file to appear.
+    let partial = format!("{path}.partial");
+    std::fs::write(&partial, settings).with_context(|| format!("writing {partial}"))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {path}"))?;
+    eprintln!("clustered-stores: Redis Cluster and NATS cluster up; settings in {path}");
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    // Dropping them kills every node and removes their directories.
+    drop((redis, nats));
+    Ok(())
+}
