@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
 # The cluster tests again on clustered stores: a Redis Cluster (three primaries, three replicas)
 # and a three-node NATS cluster, with REDIS_MODE=cluster and CHANGES_REPLICAS=3 (issue 15).
-bash scripts/on-clustered-stores.sh cargo nextest run --locked --no-fail-fast -p dp-testkit --test ping --test drain --test edges
+bash scripts/on-clustered-stores.sh cargo nextest run --locked --no-fail-fast -p dp-testkit --test ping --test drain --test edges -p dpctl --test operator
 # The deployment run for real: the image built, the compose stack up and exercised, the chart
 # validated against Kubernetes' schemas (README.md, "What runs for real in CI").
 bash scripts/deploy-smoke.sh </dev/null

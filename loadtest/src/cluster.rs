@@ -43,8 +43,12 @@ pub struct ClusterArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/directpush"
     )]
     pub database_url: String,
+    /// One server, or with `--redis-mode cluster` a Redis Cluster's seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// The local services' REDIS_MODE: `single` or `cluster`.
+    #[arg(long, env = "REDIS_MODE", default_value = "single")]
+    pub redis_mode: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// The local cluster's DP_NAMESPACE.
@@ -146,6 +150,7 @@ impl Cluster {
         let mut common = vec![
             ("DATABASE_URL", args.database_url.clone()),
             ("REDIS_URL", args.redis_url.clone()),
+            ("REDIS_MODE", args.redis_mode.clone()),
             ("NATS_URL", args.nats_url.clone()),
             ("DP_NAMESPACE", args.namespace.clone()),
             ("LOG_FORMAT", "json".into()),

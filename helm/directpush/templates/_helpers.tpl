@@ -84,6 +84,12 @@ redis://:{{ include "directpush.storePassword" (dict "store" "redis" "password" 
 
 {{/* Settings every service takes: stores, namespace, pod name, traces. */}}
 {{- define "directpush.commonEnv" -}}
+{{- if not (has .Values.redis.mode (list "single" "cluster")) }}
+{{- fail "redis.mode must be single or cluster" }}
+{{- end }}
+{{- if and .Values.bundled.redis.enabled (eq .Values.redis.mode "cluster") }}
+{{- fail "redis.mode=cluster needs your own Redis Cluster in redis.url: the bundled Redis is one server" }}
+{{- end }}
 - name: NATS_URL
   valueFrom:
     secretKeyRef:
@@ -94,6 +100,14 @@ redis://:{{ include "directpush.storePassword" (dict "store" "redis" "password" 
     secretKeyRef:
       name: {{ include "directpush.redisSecret" . }}
       key: REDIS_URL
+- name: REDIS_MODE
+  value: {{ .Values.redis.mode | quote }}
+- name: REDIS_WAIT_TIMEOUT_MS
+  value: {{ .Values.redis.waitTimeoutMs | toString | quote }}
+{{- if ne (toString .Values.redis.waitReplicas) "" }}
+- name: REDIS_WAIT_REPLICAS
+  value: {{ .Values.redis.waitReplicas | toString | quote }}
+{{- end }}
 - name: DP_NAMESPACE
   value: {{ .Values.namespace | quote }}
 - name: POD_NAME

@@ -47,6 +47,7 @@ pub async fn run(mut args: ChaosArgs) -> Result<serde_json::Value> {
         .await
         .context("a private nats-server")?;
     args.run.cluster.redis_url = redis.url();
+    args.run.cluster.redis_mode = "single".into();
     args.run.cluster.nats_url = nats.url();
     let mut run = Run::start(&args.run).await?;
     let mut report = Report::new("chaos");

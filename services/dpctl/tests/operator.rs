@@ -13,6 +13,7 @@ fn dpctl(env: &Env, args: &[&str], stdin: &str) -> Output {
         .args(args)
         .env("DATABASE_URL", &env.database_url)
         .env("REDIS_URL", &env.redis_url)
+        .env("REDIS_MODE", &env.redis_mode)
         .env("DP_NAMESPACE", &env.namespace)
         .env("INGEST_TOKEN", &env.ingest_token)
         .stdin(Stdio::piped())

@@ -284,6 +284,25 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("watcher.ingestToken"));
 
     let token = "watcher.ingestToken=0123456789abcdef";
+    for (sets, names) in [
+        (vec![token, "redis.mode=sentinel"], "redis.mode"),
+        (
+            vec![
+                token,
+                "redis.mode=cluster",
+                "bundled.redis.enabled=true",
+                "bundled.redis.password=pw",
+            ],
+            "your own Redis Cluster",
+        ),
+    ] {
+        let refused = helm_template(&sets);
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(names),
+            "{sets:?}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
     let renders = [
         render(&[token]),
         render(&[
@@ -302,6 +321,8 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
             "watcher.imapCaConfigMap=imap-ca",
             "ingress.enabled=true",
             "metrics.serviceMonitor.enabled=true",
+            "redis.mode=cluster",
+            "redis.waitReplicas=1",
         ]),
     ];
     let (mut frontend_env, mut watcher_env) = (BTreeSet::new(), BTreeSet::new());
