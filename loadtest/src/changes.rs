@@ -43,12 +43,17 @@ impl Injector {
         let mailboxes = auth.mailboxes(devices);
         let auth = Arc::new(auth.clone());
         let tasks = (0..connections.max(1))
-            .map(|_| {
+            .map(|i| {
                 let (sent, auth, token) = (sent.clone(), auth.clone(), token.clone());
                 let mut stopped = stopped.clone();
                 let every = Duration::from_secs_f64(connections.max(1) as f64 / per_sec.max(0.001));
+                // The connections' ticks spread over the period, not all at once: changes come
+                // one by one at the rate asked, as independent mailboxes' would, instead of in
+                // bursts of `connections`.
+                let phase = every.mul_f64(i as f64 / connections.max(1) as f64);
                 tokio::spawn(async move {
-                    let mut ticker = tokio::time::interval(every);
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
                     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
                     loop {
                         tokio::select! {

@@ -40,7 +40,17 @@ pub async fn parked(admins: &[SocketAddr]) -> (f64, usize) {
 
 /// A histogram's cumulative buckets (upper bound, count), summed over `admins`.
 pub async fn histogram(admins: &[SocketAddr], name: &str) -> Vec<(f64, f64)> {
+    histogram_of(admins, name, "").await
+}
+
+/// The same for one series of a labelled histogram: `labels` as exposed, `stage="bump"`.
+pub async fn histogram_of(admins: &[SocketAddr], name: &str, labels: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
+    // `le` comes first, then the family's labels.
+    let tail = match labels {
+        "" => "\"} ".to_owned(),
+        labels => format!("\",{labels}}} "),
+    };
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for admin in admins {
         let Ok(page) = http_get(*admin, "/metrics").await.map(|r| r.text()) else {
@@ -50,7 +60,7 @@ pub async fn histogram(admins: &[SocketAddr], name: &str) -> Vec<(f64, f64)> {
             let Some(rest) = line.strip_prefix(&prefix) else {
                 continue;
             };
-            let Some((le, count)) = rest.split_once("\"} ") else {
+            let Some((le, count)) = rest.split_once(&tail) else {
                 continue;
             };
             let le = if le == "+Inf" {

@@ -125,4 +125,22 @@ async fn server_side(run: &Run, report: &mut Report) {
             json!({"p50_le": at(0.5), "p99_le": at(0.99), "p999_le": at(0.999)}),
         );
     }
+    // The stage budget: where a wake's time goes, hop by hop (the frontends' histograms of the
+    // watcher's stamps and their own).
+    let frontends = admins(&run.cluster.frontends);
+    let mut stages = serde_json::Map::new();
+    for stage in [
+        "durable", "queued", "coalesce", "bump", "publish", "deliver", "answer",
+    ] {
+        let labels = format!("stage=\"{stage}\"");
+        let buckets =
+            crate::probe::histogram_of(&frontends, "dp_frontend_wake_stage_seconds", &labels).await;
+        let at = |q| crate::probe::bucket_quantile(&buckets, q).map(|s| s * 1000.0);
+        if buckets.last().is_some_and(|b| b.1 > 0.0) {
+            stages.insert(stage.into(), json!({"p50_le": at(0.5), "p99_le": at(0.99)}));
+        }
+    }
+    if !stages.is_empty() {
+        report.set("server_stage_ms", serde_json::Value::Object(stages));
+    }
 }

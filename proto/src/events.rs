@@ -139,6 +139,28 @@ pub struct WakeEvent {
     /// re-checks its folders in Redis.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recheck: bool,
+    /// When the wake passed each stage of the watcher, for the frontends' stage budget
+    /// (`dp_frontend_wake_stage_seconds`). Absent from wakes no watcher sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<WakeStages>,
+}
+
+/// A wake's way through the watcher, in microseconds since the Unix epoch on the watcher's
+/// clock (the acceptance time is [`WakeEvent::accepted_at_us`]). For the group of changes the
+/// wake carries: the earliest stored, then when the dispatcher took the first of them, closed
+/// its batch, had the bump done and sent the wake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WakeStages {
+    /// JetStream stored the change (its timestamp).
+    pub stored_us: u64,
+    /// The dispatcher received the batch's first change.
+    pub taken_us: u64,
+    /// The batch closed (the coalescing window ended, or the batch was full).
+    pub closed_us: u64,
+    /// The mailbox's bump returned (with its replicas, in cluster mode).
+    pub bumped_us: u64,
+    /// The wake was handed to NATS.
+    pub sent_us: u64,
 }
 
 /// Sent by a pod on `<ns>.pod.<pod>.evict` when a newer Ping of the device superseded the one

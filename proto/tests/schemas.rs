@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use dp_proto::events::{ChangeEvent, ChangeKind, EvictEvent, FolderVersion, WakeEvent, WakeTarget};
+use dp_proto::events::{
+    ChangeEvent, ChangeKind, EvictEvent, FolderVersion, WakeEvent, WakeStages, WakeTarget,
+};
 use schemars::{schema_for, JsonSchema};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -96,6 +98,13 @@ fn wake_event() {
             request: 42,
         }],
         accepted_at_us: 1_700_000_000_000_000,
+        stages: Some(WakeStages {
+            stored_us: 1_700_000_000_000_400,
+            taken_us: 1_700_000_000_000_500,
+            closed_us: 1_700_000_000_002_500,
+            bumped_us: 1_700_000_000_002_700,
+            sent_us: 1_700_000_000_002_750,
+        }),
     };
     check(
         "wake",

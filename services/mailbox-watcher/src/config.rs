@@ -27,7 +27,8 @@ pub struct WatcherArgs {
     /// Change kinds that wake a parked Ping; the others only bump versions.
     #[arg(long, env = "WAKE_ON", default_value = "added")]
     pub wake_on: String,
-    /// Changes to one mailbox within this many milliseconds are dispatched as one.
+    /// When more than one change is waiting (a burst under way), how long a dispatcher waits
+    /// for the rest of it before dispatching; a lone change never waits.
     #[arg(long, env = "COALESCE_MS", default_value_t = 2)]
     pub coalesce_ms: u64,
     /// Most changes dispatched together.

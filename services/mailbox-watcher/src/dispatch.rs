@@ -11,11 +11,11 @@ use tracing::Instrument;
 use async_nats::jetstream::consumer::pull::Stream as Messages;
 use async_nats::jetstream::{AckKind, Message};
 use dp_keyspace::Change;
-use dp_proto::events::{ChangeEvent, ChangeKind, WakeEvent, WakeTarget};
+use dp_proto::events::{ChangeEvent, ChangeKind, WakeEvent, WakeStages, WakeTarget};
 use dp_proto::ids::canonical_mailbox;
 use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::Shared;
 
@@ -33,6 +33,8 @@ struct Group {
     accepted_at_us: u64,
     /// The trace of the group's first change (its ingest request), continued by the dispatch.
     traceparent: Option<String>,
+    /// Its way through the watcher so far (the earliest stored, the batch's times).
+    stages: WakeStages,
     messages: Vec<Message>,
 }
 
@@ -42,6 +44,7 @@ pub async fn run(shared: Arc<Shared>, redis: Redis, mut messages: Messages, mut 
             _ = drain.signalled() => return,
             next = messages.next() => next,
         };
+        let taken_us = dp_runtime::now_us();
         let mut batch = match first {
             Some(Ok(message)) => vec![message],
             Some(Err(err)) => {
@@ -53,18 +56,41 @@ pub async fn run(shared: Arc<Shared>, redis: Redis, mut messages: Messages, mut 
                 return;
             }
         };
-        let deadline = tokio::time::Instant::now() + shared.config.coalesce;
-        while batch.len() < shared.config.dispatch_batch {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(Ok(message))) => batch.push(message),
-                _ => break,
-            }
-        }
-        dispatch(&shared, &redis, batch).await;
+        collect(&shared, &mut messages, &mut batch).await;
+        let timing = WakeStages {
+            taken_us,
+            closed_us: dp_runtime::now_us(),
+            ..WakeStages::default()
+        };
+        dispatch(&shared, &redis, batch, timing).await;
     }
 }
 
-async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>) {
+/// Adds to `batch` what has already arrived; only when something had (a burst under way) does
+/// it wait up to COALESCE_MS for more of it. A lone change goes out at once: the window would
+/// be all of its wait (issue 14), and there is nothing to merge it with.
+async fn collect(shared: &Shared, messages: &mut Messages, batch: &mut Vec<Message>) {
+    let max = shared.config.dispatch_batch;
+    while batch.len() < max {
+        match messages.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(message),
+            _ => break,
+        }
+    }
+    if batch.len() == 1 {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + shared.config.coalesce;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(message))) => batch.push(message),
+            _ => break,
+        }
+    }
+}
+
+/// `timing`: when the batch was taken and closed (the stage budget).
+async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>, timing: WakeStages) {
     let mut groups: HashMap<String, Group> = HashMap::new();
     for message in batch {
         let change: ChangeEvent = match serde_json::from_slice(&message.payload)
@@ -80,12 +106,18 @@ async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>) {
                 continue;
             }
         };
-        let accepted = change
-            .accepted_at_us
-            .unwrap_or_else(|| published_us(&message));
+        let stored = published_us(&message);
+        let accepted = change.accepted_at_us.unwrap_or(stored);
         let group = groups
             .entry(canonical_mailbox(&change.mailbox))
-            .or_default();
+            .or_insert_with(|| Group {
+                stages: WakeStages {
+                    stored_us: stored,
+                    ..timing
+                },
+                ..Group::default()
+            });
+        group.stages.stored_us = group.stages.stored_us.min(stored);
         group.folders.extend(change.folders);
         if let Some(name) = &change.store_folder {
             group
@@ -212,7 +244,11 @@ async fn bump_and_wake(
     let bump = tokio::time::timeout(Duration::from_secs(2), bump)
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
-    wake(shared, mailbox, group, bump).await
+    let stages = WakeStages {
+        bumped_us: dp_runtime::now_us(),
+        ..group.stages
+    };
+    wake(shared, mailbox, group, bump, stages).await
 }
 
 /// Wakes the pods holding the mailbox's parked Pings, one message per pod (split at the NATS
@@ -222,6 +258,7 @@ async fn wake(
     mailbox: &str,
     group: &Group,
     bump: dp_keyspace::Bump,
+    stages: WakeStages,
 ) -> anyhow::Result<()> {
     let folders = &group.folders;
     shared
@@ -252,6 +289,10 @@ async fn wake(
             accepted_at_us: group.accepted_at_us,
             hierarchy: group.hierarchy,
             recheck: bump.store_watched > 0,
+            stages: Some(WakeStages {
+                sent_us: dp_runtime::now_us(),
+                ..stages
+            }),
         };
         let subject = shared.subjects.wake(&pod);
         for payload in wakes::payloads(&template, targets, limit)? {

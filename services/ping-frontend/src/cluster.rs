@@ -11,7 +11,7 @@ use dp_proto::events::{EvictEvent, WakeEvent};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::parked::End;
+use crate::parked::{End, WakeClock};
 use crate::Shared;
 
 /// Connects (retrying in the background until the server answers) and returns the client and
@@ -95,13 +95,17 @@ fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
             return;
         }
     };
+    let clock = WakeClock {
+        accepted_us: wake.accepted_at_us,
+        received_us: dp_runtime::now_us(),
+    };
+    if let Some(stages) = &wake.stages {
+        shared.metrics.observe_wake_stages(&clock, stages);
+    }
     for target in &wake.targets {
         shared.parked.tell(&target.device, target.request, |s| {
             s.changes.extend(wake.folders.iter().cloned());
-            s.accepted_at_us = Some(
-                s.accepted_at_us
-                    .map_or(wake.accepted_at_us, |t| t.min(wake.accepted_at_us)),
-            );
+            s.clock = Some(WakeClock::merge(s.clock, clock));
             if s.traceparent.is_none() {
                 s.traceparent = traceparent.map(str::to_owned);
             }

@@ -147,6 +147,7 @@ async fn reopen(shared: &Shared, unconfirmed: &Unconfirmed) {
         accepted_at_us: dp_runtime::now_us(),
         hierarchy: false,
         recheck: true,
+        stages: None,
     };
     let Ok(payload) = serde_json::to_vec(&wake) else {
         return;

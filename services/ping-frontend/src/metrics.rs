@@ -29,6 +29,24 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+/// A wake's stages, in order (ARCHITECTURE.md, "The wake's stage budget"): acceptance to
+/// stored in JetStream, to taken by a dispatcher, to its batch closed, to the bump done, to the
+/// wake sent (the watcher's clock), to received here (across clocks), to Status 2 written.
+const STAGES: [&str; 7] = [
+    "durable", "queued", "coalesce", "bump", "publish", "deliver", "answer",
+];
+
+/// 25 µs to about 0.6 s in steps of half: the stages are sub-millisecond when all is well,
+/// and doubling buckets could not tell 0.5 ms from 0.8.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000025, 1.5, 26))
+}
+
 /// The `limit` label's values: what `Shared::count_limited` is called with.
 const LIMITS: [&str; 10] = [
     "connections",
@@ -52,6 +70,7 @@ pub struct Metrics {
     pub connections_opened: Counter,
     pub pings: Family<OutcomeLabels, Counter>,
     pub wake_latency: Histogram,
+    pub wake_stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub http_responses: Family<CodeLabels, Counter>,
     pub auth: Family<ResultLabels, Counter>,
     pub redis_errors: Counter,
@@ -142,6 +161,7 @@ impl Metrics {
             pings: Family::default(),
             // 0.5 ms to about 16 s.
             wake_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            wake_stages: Family::new_with_constructor(stage_histogram),
             http_responses: Family::default(),
             auth: Family::default(),
             redis_errors: Counter::default(),
@@ -154,6 +174,9 @@ impl Metrics {
         };
         // Every limit and reload result exists at 0 from the start: dashboards show 0, not "no
         // data", and rate() sees the first refusal.
+        for stage in STAGES {
+            let _ = metrics.wake_stages.get_or_create(&StageLabels { stage });
+        }
         for limit in LIMITS {
             let _ = metrics.limited.get_or_create(&LimitLabels { limit });
         }
@@ -203,6 +226,11 @@ impl Metrics {
             metrics.wake_latency.clone(),
         );
         r.register(
+            "wake_stage_seconds",
+            "A wake's time in each stage: durable, queued, coalesce, bump, publish (the watcher's), deliver (to this pod), answer (Status 2 written)",
+            metrics.wake_stages.clone(),
+        );
+        r.register(
             "http_responses",
             "HTTP responses by code",
             metrics.http_responses.clone(),
@@ -244,5 +272,39 @@ impl Metrics {
             metrics.history.dropped.clone(),
         );
         metrics
+    }
+}
+
+impl Metrics {
+    /// The watcher's stages of a wake just received, and its way here.
+    pub fn observe_wake_stages(
+        &self,
+        clock: &crate::parked::WakeClock,
+        s: &dp_proto::events::WakeStages,
+    ) {
+        let spans = [
+            (clock.accepted_us, s.stored_us),
+            (s.stored_us, s.taken_us),
+            (s.taken_us, s.closed_us),
+            (s.closed_us, s.bumped_us),
+            (s.bumped_us, s.sent_us),
+            (s.sent_us, clock.received_us),
+        ];
+        for (stage, (from, to)) in STAGES.into_iter().zip(spans) {
+            self.observe_stage(stage, from, to);
+        }
+    }
+
+    /// A Status 2 written: the whole wake, and its last stage.
+    pub fn observe_answer(&self, clock: &crate::parked::WakeClock, written_us: u64) {
+        let latency = written_us.saturating_sub(clock.accepted_us);
+        self.wake_latency.observe(latency as f64 / 1e6);
+        self.observe_stage("answer", clock.received_us, written_us);
+    }
+
+    fn observe_stage(&self, stage: &'static str, from_us: u64, to_us: u64) {
+        self.wake_stages
+            .get_or_create(&StageLabels { stage })
+            .observe(to_us.saturating_sub(from_us) as f64 / 1e6);
     }
 }

@@ -21,11 +21,29 @@ pub enum End {
     Hierarchy,
 }
 
+/// When the changes a Ping was woken for were accepted, and when their first wake reached
+/// this pod (microseconds): the wake latency and the stage budget's last stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeClock {
+    pub accepted_us: u64,
+    pub received_us: u64,
+}
+
+impl WakeClock {
+    /// The earliest of both, when several wakes reach one Ping.
+    pub fn merge(before: Option<WakeClock>, now: WakeClock) -> WakeClock {
+        before.map_or(now, |b| WakeClock {
+            accepted_us: b.accepted_us.min(now.accepted_us),
+            received_us: b.received_us.min(now.received_us),
+        })
+    }
+}
+
 /// What a parked Ping has been told since it last looked.
 #[derive(Debug, Default)]
 pub struct Signals {
     pub changes: Vec<FolderVersion>,
-    pub accepted_at_us: Option<u64>,
+    pub clock: Option<WakeClock>,
     /// The trace of the first wake, continued by the answer.
     pub traceparent: Option<String>,
     pub recheck: bool,

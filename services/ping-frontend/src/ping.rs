@@ -20,7 +20,7 @@ use crate::delivery::Unconfirmed;
 use crate::http::request::Request;
 use crate::http::response;
 use crate::metrics::OutcomeLabels;
-use crate::parked::{End, Slot};
+use crate::parked::{End, Slot, WakeClock};
 use crate::transport::Transport;
 use crate::Shared;
 
@@ -73,7 +73,7 @@ pub struct Finished {
     outcome: &'static str,
     /// Versions to acknowledge once the Status 2 is written.
     reported: Vec<FolderVersion>,
-    accepted_at_us: Option<u64>,
+    clock: Option<WakeClock>,
     heartbeat: Option<u32>,
     /// The wake's trace, when the answer is a wake-up.
     traceparent: Option<String>,
@@ -87,18 +87,18 @@ impl Finished {
             response,
             outcome,
             reported: Vec::new(),
-            accepted_at_us: None,
+            clock: None,
             heartbeat: None,
             traceparent: None,
             http: None,
         }
     }
 
-    fn changes(reported: Vec<FolderVersion>, accepted_at_us: Option<u64>) -> Self {
+    fn changes(reported: Vec<FolderVersion>, clock: Option<WakeClock>) -> Self {
         let ids = reported.iter().map(|v| v.id.clone()).collect();
         Finished {
             reported,
-            accepted_at_us,
+            clock,
             ..Finished::new(PingResponse::changes(ids), "changed")
         }
     }
@@ -417,7 +417,7 @@ pub async fn wait<S: Transport>(
                     }
                 }
                 if !news.is_empty() {
-                    let mut finished = Finished::changes(dedupe(news), signals.accepted_at_us);
+                    let mut finished = Finished::changes(dedupe(news), signals.clock);
                     finished.heartbeat = Some(waiting.heartbeat);
                     finished.traceparent = signals.traceparent;
                     return Ok(finished);
@@ -642,9 +642,8 @@ async fn answer<S: Transport>(
     shared.count_http(200);
     let bytes = response::wbxml(&finished.response.encode(), keep_alive);
     stream.write_all(&bytes).await?;
-    if let Some(accepted) = finished.accepted_at_us {
-        let latency = dp_runtime::now_us().saturating_sub(accepted);
-        shared.metrics.wake_latency.observe(latency as f64 / 1e6);
+    if let Some(clock) = finished.clock {
+        shared.metrics.observe_answer(&clock, dp_runtime::now_us());
     }
     if finished.reported.is_empty() {
         return Ok(None);

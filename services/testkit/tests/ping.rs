@@ -53,6 +53,17 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
         a.metric("dp_frontend_wake_latency_seconds_count").await >= 1.0,
         "the wake latency was measured"
     );
+    // And its stage budget, every stage of it (issue 14).
+    for stage in [
+        "durable", "queued", "coalesce", "bump", "publish", "deliver", "answer",
+    ] {
+        let count = a
+            .metric(&format!(
+                "dp_frontend_wake_stage_seconds_count{{stage=\"{stage}\"}}"
+            ))
+            .await;
+        assert!(count >= 1.0, "stage {stage} measured");
+    }
     env.cleanup().await;
 }
 

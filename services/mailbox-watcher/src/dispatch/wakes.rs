@@ -55,6 +55,7 @@ mod tests {
             accepted_at_us: 1,
             hierarchy: false,
             recheck: false,
+            stages: None,
         };
         let targets: Vec<WakeTarget> = (0..1300)
             .map(|i| WakeTarget {
