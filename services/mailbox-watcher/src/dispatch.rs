@@ -66,8 +66,9 @@ pub async fn run(shared: Arc<Shared>, redis: Redis, mut messages: Messages, mut 
     }
 }
 
-/// Adds to `batch` what has already arrived; only when something had (a burst under way) does
-/// it wait up to COALESCE_MS for more of it. A lone change goes out at once: the window would
+/// Adds to `batch` what has already arrived. Only when more is known to be coming (the change
+/// says the rest of its ingest request follows, or more than one had arrived: a burst under
+/// way) does it wait up to COALESCE_MS for it. A lone change goes out at once: the window would
 /// be all of its wait (issue 14), and there is nothing to merge it with.
 async fn collect(shared: &Shared, messages: &mut Messages, batch: &mut Vec<Message>) {
     let max = shared.config.dispatch_batch;
@@ -77,7 +78,7 @@ async fn collect(shared: &Shared, messages: &mut Messages, batch: &mut Vec<Messa
             _ => break,
         }
     }
-    if batch.len() == 1 {
+    if batch.len() == 1 && !has_followers(&batch[0]) {
         return;
     }
     let deadline = tokio::time::Instant::now() + shared.config.coalesce;
@@ -87,6 +88,14 @@ async fn collect(shared: &Shared, messages: &mut Messages, batch: &mut Vec<Messa
             _ => break,
         }
     }
+}
+
+fn has_followers(message: &Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::FOLLOWS))
+        .is_some_and(|v| v.as_str() != "0")
 }
 
 /// `timing`: when the batch was taken and closed (the stage budget).

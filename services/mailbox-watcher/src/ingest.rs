@@ -208,25 +208,29 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
 pub(crate) async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
     let accepted_at = dp_runtime::now_us();
     // The dispatcher continues this request's trace from the message header.
-    let headers = crate::trace_headers();
+    let trace = crate::trace_headers();
     let mut pending = Vec::with_capacity(changes.len());
-    for mut change in changes {
+    let count = changes.len();
+    for (i, mut change) in changes.into_iter().enumerate() {
         change.accepted_at_us = Some(accepted_at);
         let payload = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
         let subject = shared.subjects.change(&change.mailbox);
-        let published = match &headers {
-            Some(headers) => {
+        let follows = count - 1 - i;
+        let published = match (&trace, follows) {
+            (None, 0) => shared.jetstream.publish(subject, payload.into()).await,
+            (trace, follows) => {
+                let mut headers = trace.clone().unwrap_or_default();
+                // The dispatcher waits for the rest of a batch it knows is coming.
+                headers.insert(crate::FOLLOWS, follows.to_string().as_str());
                 shared
                     .jetstream
-                    .publish_with_headers(subject, headers.clone(), payload.into())
+                    .publish_with_headers(subject, headers, payload.into())
                     .await
             }
-            None => shared.jetstream.publish(subject, payload.into()).await,
         };
         let ack = published.map_err(|e| e.to_string())?;
         pending.push(ack);
     }
-    let count = pending.len();
     let acks = futures::future::try_join_all(pending.into_iter().map(|ack| ack.into_future()));
     match tokio::time::timeout(DURABLE_TIMEOUT, acks).await {
         Ok(Ok(_)) => Ok(count),

@@ -283,6 +283,10 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
 }
 
 /// NATS headers carrying the current span's trace context, when it is traced.
+/// Header of a change published by the ingest API: how many changes of the same request come
+/// after it. A dispatcher that took a change with followers waits `COALESCE_MS` for them.
+const FOLLOWS: &str = "Dp-Follows";
+
 fn trace_headers() -> Option<async_nats::HeaderMap> {
     let value = dp_runtime::telemetry::traceparent(&tracing::Span::current())?;
     let mut headers = async_nats::HeaderMap::new();
