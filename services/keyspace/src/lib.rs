@@ -168,10 +168,12 @@ impl Store {
         now_ms: u64,
         mode: Mode,
     ) -> RedisResult<Claim> {
+        // Named once: a key of the script, and where its replicas are waited for.
+        let owners = self.keys.owners(device.mailbox);
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.keys.versions(device.mailbox))
-            .key(self.keys.owners(device.mailbox))
+            .key(&owners)
             .key(self.keys.notified(device.mailbox, device.device_id))
             .key(self.keys.params(device.mailbox, device.device_id))
             .key(self.keys.unconfirmed(device.mailbox, device.device_id))
@@ -204,7 +206,6 @@ impl Store {
             }
         }
         // Durable: a failover must not forget whom to wake (I1).
-        let owners = self.keys.owners(device.mailbox);
         let reply: Vec<String> = invoke_durable(conn, &invocation, &owners).await?;
         parse_claim(reply, request)
     }
@@ -218,9 +219,10 @@ impl Store {
         change: Change<'_>,
         now_ms: u64,
     ) -> RedisResult<Bump> {
+        let versions = self.keys.versions(mailbox);
         let mut invocation = self.scripts.bump.prepare_invoke();
         invocation
-            .key(self.keys.versions(mailbox))
+            .key(&versions)
             .key(self.keys.owners(mailbox))
             .key(self.keys.hierarchy(mailbox))
             .key(self.keys.watched(mailbox))
@@ -232,8 +234,7 @@ impl Store {
             invocation.arg(folder);
         }
         // Durable: its change is acknowledged to JetStream after this (I1).
-        let reply: Vec<String> =
-            invoke_durable(conn, &invocation, &self.keys.versions(mailbox)).await?;
+        let reply: Vec<String> = invoke_durable(conn, &invocation, &versions).await?;
         let number = |i: usize| -> usize { reply.get(i).and_then(|c| c.parse().ok()).unwrap_or(0) };
         let (count, store_watched, store_unwatched) = (number(0), number(1), number(2));
         let rest = reply.get(3..).unwrap_or_default();
@@ -285,15 +286,15 @@ impl Store {
         device: Device<'_>,
         versions: &[FolderVersion],
     ) -> RedisResult<Option<Owner>> {
+        let owners = self.keys.owners(device.mailbox);
         let mut invocation = self.scripts.undelivered.prepare_invoke();
         invocation
             .key(self.keys.notified(device.mailbox, device.device_id))
-            .key(self.keys.owners(device.mailbox))
+            .key(&owners)
             .arg(device.key);
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }
-        let owners = self.keys.owners(device.mailbox);
         let owner: String = invoke_durable(conn, &invocation, &owners).await?;
         Ok(Owner::parse(&owner))
     }
