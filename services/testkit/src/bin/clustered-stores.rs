@@ -14,9 +14,19 @@ async fn main() -> Result<()> {
     let path = std::env::args()
         .nth(1)
         .context("usage: clustered-stores SETTINGS")?;
-    let redis = LocalRedisCluster::start("cluster-s3cret")
-        .await
-        .context("starting a Redis Cluster")?;
+    // A node that cannot take its ports (another process took one first) never answers: the
+    // whole cluster is started again on new ones, up to three times.
+    let mut attempt = 1;
+    let redis = loop {
+        match LocalRedisCluster::start("cluster-s3cret").await {
+            Ok(redis) => break redis,
+            Err(err) if attempt < 3 => {
+                eprintln!("clustered-stores: {err:#}; starting the Redis Cluster again");
+                attempt += 1;
+            }
+            Err(err) => return Err(err.context("starting a Redis Cluster")),
+        }
+    };
     let nats = LocalNatsCluster::start()
         .await
         .context("starting a NATS cluster")?;
