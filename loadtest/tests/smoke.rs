@@ -48,8 +48,28 @@ async fn loadtest(env: &Env, args: &[&str]) -> Value {
         let png = std::fs::read(out.join(chart)).unwrap_or_else(|_| panic!("{chart} is drawn"));
         assert_eq!(&png[1..4], b"PNG");
     }
+    if report["missed_wakes"].as_f64().is_some_and(|m| m > 0.0) {
+        print_warnings(&out.join("logs"));
+    }
     let _ = std::fs::remove_dir_all::<PathBuf>(out);
     report
+}
+
+/// The services' warnings and errors, for a run that missed a wake (its logs are removed with
+/// the run's directory).
+fn print_warnings(logs: &Path) {
+    let Ok(entries) = std::fs::read_dir(logs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            println!("{}: {line}", entry.file_name().to_string_lossy());
+        }
+    }
 }
 
 fn number(report: &Value, key: &str) -> f64 {

@@ -209,7 +209,7 @@ impl Metrics {
         );
         r.register(
             "parked_pings",
-            "Pings parked on this pod now",
+            "Pings parked on this pod now (claimed, waiting for news or their heartbeat)",
             metrics.parked.clone(),
         );
         r.register(

@@ -137,12 +137,19 @@ struct Registration {
     shared: Arc<Shared>,
     key: String,
     request: u64,
+    /// Counted in `dp_frontend_parked_pings`: only once its claim parked it. A Ping whose claim
+    /// is still under way has no owner entry yet, so a change bumped meanwhile does not wake it
+    /// (a known device hears it from its claim; a new one takes it as its baseline), and a
+    /// count that included it would call a device parked before a change could reach it.
+    counted: bool,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.shared.parked.remove(&self.key, self.request);
-        self.shared.metrics.parked.dec();
+        if self.counted {
+            self.shared.metrics.parked.dec();
+        }
     }
 }
 
@@ -201,7 +208,6 @@ async fn claim(
     let limits = shared.config.limits;
     // Registered before the claim: a wake that follows the claim finds the slot.
     let slot = shared.parked.register(&context.key, context.request_id);
-    shared.metrics.parked.inc();
     if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
         slot.tell(|s| s.end = Some(End::Drained));
     }
@@ -218,6 +224,7 @@ async fn claim(
             shared: shared.clone(),
             key: context.key.clone(),
             request: context.request_id,
+            counted: false,
         },
         slot,
         context,
@@ -308,7 +315,7 @@ async fn claim(
                     pending: changed,
                     at: waiting.context.started + delay,
                 }));
-                return Started::Parked(waiting);
+                return park(waiting);
             }
             changed
         }
@@ -322,11 +329,18 @@ async fn claim(
         }
     };
     if changed.is_empty() {
-        return Started::Parked(waiting);
+        return park(waiting);
     }
     let mut finished = Finished::changes(changed, None);
     finished.heartbeat = Some(waiting.heartbeat);
     answer_now(waiting, finished)
+}
+
+/// Parks the claimed Ping: from now on it counts as parked.
+fn park(mut waiting: Waiting) -> Started {
+    waiting.registration.shared.metrics.parked.inc();
+    waiting.registration.counted = true;
+    Started::Parked(waiting)
 }
 
 /// Ends the registration and hands the context on for the answer.
