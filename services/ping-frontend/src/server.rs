@@ -14,7 +14,7 @@ use crate::client;
 use crate::http::response;
 use crate::limits::SourceSlot;
 use crate::parked::End;
-use crate::transport::WriteDeadline;
+use crate::transport::{TlsStream, WriteDeadline};
 use crate::{connection, Shared};
 
 /// How long past DRAIN_SECS the drain waits for the last connections to close.
@@ -99,13 +99,19 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                     else {
                         return;
                     };
-                    let handshake = tls.acceptor.accept(stream);
+                    let handshake = TlsStream::accept(stream, tls.config.clone());
                     match tokio::time::timeout(shared.config.header_timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             let stream = WriteDeadline::new(stream, shared.config.write_timeout);
                             connection::serve(&shared, stream, ip, drain).await
                         }
-                        Ok(Err(_)) | Err(_) => {
+                        Ok(Err(err)) => {
+                            // Scanners and dropped phones fail handshakes all day: debug only.
+                            tracing::debug!(%ip, error = %err, "TLS handshake failed");
+                            shared.metrics.tls_handshake_failures.inc();
+                        }
+                        Err(_) => {
+                            tracing::debug!(%ip, "TLS handshake timed out");
                             shared.metrics.tls_handshake_failures.inc();
                         }
                     }

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio_rustls::TlsAcceptor;
 
 /// The certificate and key files.
 #[derive(Clone, Debug)]
@@ -65,7 +64,7 @@ impl ResolvesServerCert for Resolver {
 }
 
 pub struct Tls {
-    pub acceptor: TlsAcceptor,
+    pub config: Arc<rustls::ServerConfig>,
     resolver: Arc<Resolver>,
     files: TlsFiles,
 }
@@ -82,7 +81,7 @@ impl Tls {
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             resolver,
             files,
         })

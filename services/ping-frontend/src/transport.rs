@@ -1,14 +1,15 @@
-//! What a device connection runs over: plain TCP, or TLS terminated here. The connection code
+//! What a device connection runs over: plain TCP, or TLS terminated here (`tls`). The connection code
 //! is generic over [`Transport`]; only noticing a client that left while parked differs.
 
 use std::future::Future;
 
+mod tls;
 mod write_deadline;
+pub use tls::TlsStream;
 pub use write_deadline::WriteDeadline;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Completes when the client closes the connection. Bytes it sends meanwhile (a pipelined
@@ -38,25 +39,6 @@ impl Transport for TcpStream {
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
-            }
-        }
-    }
-}
-
-impl Transport for TlsStream<TcpStream> {
-    /// TLS records must be decrypted to see a close, so this reads, in small pieces to keep
-    /// the parked state small.
-    async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) {
-        loop {
-            let mut chunk = [0u8; 64];
-            match self.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() > max {
-                        return;
-                    }
-                }
             }
         }
     }

@@ -53,6 +53,25 @@ async fn terminate(child: &mut Child, what: &str) -> Result<()> {
     }
 }
 
+/// Whether the nats-server monitoring on `port` answers `/healthz` with 200: JetStream is up
+/// and every stream and consumer it holds a replica of is current.
+async fn healthy(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if tcp
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
+}
+
 /// Polls `ready` every 50 ms until it answers true, for at most 20 s.
 async fn until_ready<F, Fut>(what: &str, mut ready: F) -> Result<()>
 where
@@ -243,6 +262,7 @@ impl LocalNats {
 pub struct LocalNatsCluster {
     nodes: Vec<Server>,
     cluster_ports: Vec<u16>,
+    monitor_ports: Vec<u16>,
 }
 
 impl LocalNatsCluster {
@@ -250,10 +270,12 @@ impl LocalNatsCluster {
         let mut cluster = LocalNatsCluster {
             nodes: Vec::new(),
             cluster_ports: Vec::new(),
+            monitor_ports: Vec::new(),
         };
         for _ in 0..3 {
             cluster.nodes.push(Server::new("nats-server")?);
             cluster.cluster_ports.push(free_port()?);
+            cluster.monitor_ports.push(free_port()?);
         }
         for i in 0..3 {
             cluster.spawn(i)?;
@@ -287,7 +309,8 @@ impl LocalNatsCluster {
             .arg(&self.nodes[i].dir)
             .args(["--cluster_name", "dp", "--cluster"])
             .arg(format!("nats://127.0.0.1:{}", self.cluster_ports[i]))
-            .args(["--routes", &routes]);
+            .args(["--routes", &routes])
+            .args(["-m", &self.monitor_ports[i].to_string()]);
         self.nodes[i].spawn(&mut command)
     }
 
@@ -298,10 +321,15 @@ impl LocalNatsCluster {
         }
     }
 
-    /// Starts node `i` again, on its port and with its data.
+    /// Starts node `i` again, on its port and with its data; returns once its streams and
+    /// consumers have caught up (its `/healthz`), as a rolling restart waits before taking the
+    /// next node down: a node lost while the restarted one still catches up leaves a replicated
+    /// stream without a quorum.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         self.spawn(i)?;
-        self.until_jetstream_has_a_leader().await
+        self.until_jetstream_has_a_leader().await?;
+        let port = self.monitor_ports[i];
+        until_ready("the restarted NATS node's /healthz", || healthy(port)).await
     }
 
     /// JetStream in a cluster answers only once its nodes elected a leader: until a replicated
