@@ -8,6 +8,7 @@ mod charts;
 mod cluster;
 mod device;
 mod fleet;
+mod handshakes;
 mod middlebox;
 mod plan;
 mod probe;
@@ -45,6 +46,8 @@ enum Command {
     Proxy(scenario::wake::WakeArgs),
     /// Store sources against the local Dovecot: Lua delivery latency, its cost, the IMAP role.
     Store(scenario::store::StoreArgs),
+    /// What a TLS set-up costs a frontend, full and resumed with a ticket (in process).
+    Handshakes(handshakes::HandshakeArgs),
     /// One worker process (started by the scenarios; reads its plan on stdin).
     #[command(hide = true)]
     Worker,
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Carrier(args) => scenario::carrier::run(args).await.map(drop),
             Command::Proxy(args) => scenario::proxy::run(args).await.map(drop),
             Command::Store(args) => scenario::store::run(args).await.map(drop),
+            Command::Handshakes(args) => handshakes::run(args).map(drop),
             Command::Worker => worker::run().await,
         }
     });

@@ -80,6 +80,14 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Returning devices resume with a ticket, sparing the certificate signature: stateless
+        // tickets under this pod's own keys (rotated every 6 hours, gone with the process), so
+        // nothing is stored per device. A device that comes back to another pod, or after a
+        // restart, does a full handshake. One ticket per handshake: a phone uses one per
+        // reconnect, and each resumption hands out the next.
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 1;
         Ok(Tls {
             config: Arc::new(config),
             resolver,

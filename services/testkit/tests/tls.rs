@@ -159,6 +159,45 @@ async fn certificate_rotation_while_pings_are_parked() {
     env.cleanup().await;
 }
 
+/// A returning device resumes with the ticket its last connection got, in TLS 1.3 and 1.2: the
+/// certificate is neither sent nor signed for again (issue 14).
+#[tokio::test]
+async fn a_returning_device_resumes_with_a_ticket() {
+    let env = Env::new().await;
+    let ca = TestCa::new();
+    ca.issue(1);
+    let a = tls_frontend(&env, &ca, "a").await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client configuration: its session cache is the device's memory of the server.
+        let connector = ca.client(&[version]);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(a.addr)
+                .await
+                .expect("connects");
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            // A TLS 1.3 ticket follows the handshake: an exchange makes sure it was read.
+            tls.write_all(
+                b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("writes");
+            let mut answer = String::new();
+            let _ = tls.read_to_string(&mut answer).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            kinds.push(tls.get_ref().1.handshake_kind());
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(
+            kinds,
+            [Some(Full), Some(Resumed), Some(Resumed)],
+            "{version:?}"
+        );
+    }
+    env.cleanup().await;
+}
+
 /// curl, an independent TLS client, pinned to TLS 1.2 and to 1.3.
 #[tokio::test]
 async fn curl_speaks_to_the_tls_listener() {
