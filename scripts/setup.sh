@@ -23,6 +23,8 @@ command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 # The handover test drops a device's packets (a phone that left the network) with iptables.
 command -v iptables >/dev/null || { echo "setup: installing iptables"; apt_install iptables; }
+# The loadtest's --balancer (TLS at HAProxy against TLS at the pods, issue 14).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || { echo "setup: installing HAProxy"; apt_install haproxy; }
 
 if ! answers 5432; then
   command -v pg_ctlcluster >/dev/null || { echo "setup: installing PostgreSQL"; apt_install postgresql; }

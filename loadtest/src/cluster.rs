@@ -82,6 +82,10 @@ pub struct ClusterArgs {
     /// With basic auth: devices share this many mailboxes.
     #[arg(long, default_value_t = 1_000)]
     pub mailboxes: usize,
+    /// HAProxy in front of the local frontends: `tcp` relays (TLS ends at the frontends),
+    /// `tls` ends TLS itself (with --tls); both pass the client's address in PROXY v2.
+    #[arg(long, value_enum, default_value = "none")]
+    pub balancer: crate::balancer::Balancer,
     /// Speak TLS; a local cluster gets a fresh CA and certificate.
     #[arg(long)]
     pub tls: bool,
@@ -100,6 +104,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A local process without an admin port (the balancer).
+    pub fn process(name: &str, addr: SocketAddr, child: Child) -> Node {
+        Node {
+            name: name.into(),
+            addr,
+            admin: None,
+            pid: child.id(),
+            child: Some(child),
+        }
+    }
+
     /// Kills the process at once, as a lost pod (SIGKILL: nothing is drained).
     pub async fn kill(&mut self) -> Result<()> {
         let child = self
@@ -120,6 +135,8 @@ pub struct Cluster {
     pub auth: Auth,
     pub tls_ca: Option<PathBuf>,
     pub watchers: Vec<Node>,
+    /// HAProxy in front of the frontends (`--balancer`).
+    pub balancer: Option<Node>,
     _ca: Option<dp_testkit::tls::TestCa>,
 }
 
@@ -209,9 +226,16 @@ impl Cluster {
         if let Some(upstream) = &args.upstream {
             common.push(("UPSTREAM_URL", upstream.clone()));
         }
-        if let Some(ca) = &ca {
-            common.push(("TLS_CERT", ca.cert_path().display().to_string()));
-            common.push(("TLS_KEY", ca.key_path().display().to_string()));
+        use crate::balancer::Balancer;
+        match (&ca, args.balancer) {
+            (Some(_), Balancer::Tls) | (None, _) => {}
+            (Some(ca), _) => {
+                common.push(("TLS_CERT", ca.cert_path().display().to_string()));
+                common.push(("TLS_KEY", ca.key_path().display().to_string()));
+            }
+        }
+        if args.balancer != Balancer::None {
+            common.push(("PROXY_PROTOCOL", "true".into()));
         }
         let mut frontends = Vec::new();
         for f in 0..args.local_frontends {
@@ -225,6 +249,13 @@ impl Cluster {
         for node in watchers.iter().chain(&frontends) {
             wait_ready(node).await?;
         }
+        let balancer = match args.balancer {
+            Balancer::None => None,
+            mode => {
+                let addrs: Vec<SocketAddr> = frontends.iter().map(|n| n.addr).collect();
+                Some(crate::balancer::start(mode, &addrs, ca.as_ref(), &logs).await?)
+            }
+        };
         Ok(Cluster {
             ingest: watchers.first().map(|w| w.addr),
             ingest_token: Some(token),
@@ -232,6 +263,7 @@ impl Cluster {
             tls_ca: ca.as_ref().map(|ca| ca.ca_pem()),
             frontends,
             watchers,
+            balancer,
             _ca: ca,
         })
     }
@@ -267,6 +299,7 @@ impl Cluster {
             auth,
             tls_ca: args.tls_ca.clone(),
             watchers: Vec::new(),
+            balancer: None,
             _ca: None,
         })
     }
@@ -277,8 +310,21 @@ impl Cluster {
         probe::parked(&admins).await
     }
 
+    /// The processes a device's connection costs: the frontends, and the balancer if any.
     pub fn pids(&self) -> Vec<u32> {
-        self.frontends.iter().filter_map(|n| n.pid).collect()
+        self.frontends
+            .iter()
+            .chain(&self.balancer)
+            .filter_map(|n| n.pid)
+            .collect()
+    }
+
+    /// Where devices connect: the balancer, or the frontends themselves.
+    pub fn device_addrs(&self) -> Vec<SocketAddr> {
+        match &self.balancer {
+            Some(balancer) => vec![balancer.addr],
+            None => self.frontends.iter().map(|n| n.addr).collect(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! running deployment, and write a summary, `report.json` and PNG charts.
 #![forbid(unsafe_code)]
 
+mod balancer;
 mod changes;
 mod charts;
 mod cluster;

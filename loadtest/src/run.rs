@@ -116,8 +116,7 @@ impl Run {
         let plan = Plan {
             first: 0,
             count: 0,
-            frontends: targets
-                .unwrap_or_else(|| self.cluster.frontends.iter().map(|n| n.addr).collect()),
+            frontends: targets.unwrap_or_else(|| self.cluster.device_addrs()),
             sources: sources(args.sources),
             rate: args.rate,
             auth: self.cluster.auth.clone(),

@@ -162,6 +162,40 @@ async fn proxy_enrol_park_and_sync() {
     env.cleanup().await;
 }
 
+/// TLS ended at HAProxy in front of a plaintext frontend that reads the devices' addresses
+/// from PROXY v2 headers: everyone parks through it, and its memory counts with the frontend's.
+#[tokio::test(flavor = "multi_thread")]
+async fn park_behind_a_tls_balancer() {
+    let env = Env::new().await;
+    let report = loadtest(
+        &env,
+        &[
+            "park",
+            "--local-frontends",
+            "1",
+            "--devices",
+            "600",
+            "--rate",
+            "1000",
+            "--tls",
+            "--balancer",
+            "tls",
+            "--sources",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(number(&report, "parked"), 600.0, "{report:#}");
+    let whole = report["frontend_memory"]["rss_mb"]
+        .as_f64()
+        .expect("memory");
+    let frontend = report["frontend_memory_each"][0]["rss_mb"]
+        .as_f64()
+        .expect("the frontend's own");
+    assert!(whole > frontend, "HAProxy's memory counts too: {report:#}");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn storm() {
     let env = Env::new().await;

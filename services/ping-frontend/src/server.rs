@@ -99,7 +99,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                     else {
                         return;
                     };
-                    let handshake = TlsStream::accept(stream, tls.config.clone());
+                    // Boxed: the handshake's state lives only while it runs, not in the
+                    // task of every parked connection.
+                    let handshake = Box::pin(TlsStream::accept(stream, tls.config.clone()));
                     match tokio::time::timeout(shared.config.header_timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             let stream = WriteDeadline::new(stream, shared.config.write_timeout);
