@@ -331,21 +331,26 @@ impl AsyncWrite for TlsStream {
 }
 
 impl Transport for TlsStream {
-    /// Waits for the socket's readiness, holding no buffer, and decrypts only what comes.
+    /// Waits for the socket's readiness, holding no buffer, and decrypts only what comes. (The
+    /// chunk lives inside one poll, not across the wait: a parked Ping's future does not carry
+    /// it.)
     async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) {
-        use tokio::io::AsyncReadExt;
-        loop {
+        std::future::poll_fn(|cx| loop {
             let mut chunk = [0u8; 512];
-            match self.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *self).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(read.filled());
                     if buf.len() > max {
-                        return;
+                        return Poll::Ready(());
                     }
                 }
             }
-        }
+        })
+        .await
     }
 }
 
