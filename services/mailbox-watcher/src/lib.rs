@@ -221,6 +221,11 @@ async fn dispatcher(shared: Arc<Shared>, stream: stream::Stream, redis: Redis, d
 
 type Consumer = consumer::Consumer<consumer::pull::Config>;
 
+/// How long one pull request for changes waits on the consumer's leader before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The server's idle heartbeat on a pull request; two missed make the stream report an error.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Creates the dispatch consumer, or updates an existing one to today's settings.
 async fn consume(
     shared: &Shared,
@@ -244,7 +249,14 @@ async fn consume(
                 .map_err(|e| anyhow::anyhow!("creating the dispatch consumer: {e}"))?
         }
     };
+    // A pull request lives on the consumer's leader: when that NATS node dies, the request dies
+    // with it and the client would ask again only when it expires (30 s by default), leaving
+    // the changes undispatched meanwhile. Short-lived requests (and heartbeats to notice a
+    // silent one) bound that stall to a few seconds, for one small request per 5 s.
     let messages = consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("reading the change stream: {e}"))?;
