@@ -55,16 +55,7 @@ fn client(
     version: &'static rustls::SupportedProtocolVersion,
     resumption: Resumption,
 ) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(ca.ca_pem())?.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[version])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = crate::tls::client_config(&ca.ca_pem(), &[version])?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = resumption;
     Ok(Arc::new(config))
