@@ -1,6 +1,7 @@
 //! What the IMAP watcher role keeps in Redis: which mailboxes have parked Pings, which replicas
 //! are alive, and what each watched mailbox's folders looked like when last seen.
 
+use dp_runtime::redis::{write_durable, Durable};
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
@@ -15,20 +16,20 @@ impl Store {
             .await
     }
 
-    /// Records that `mailbox` has a parked Ping until `until_ms`.
-    pub async fn mark_pinged<C: ConnectionLike>(
+    /// Records that `mailbox` has a parked Ping until `until_ms`. On the replicas too (see
+    /// [`write_durable`]): a mark lost with its primary would leave the mailbox unwatched, and
+    /// its mail would wake nobody.
+    pub async fn mark_pinged<C: Durable>(
         &self,
         conn: &mut C,
         mailbox: &str,
         until_ms: u64,
     ) -> RedisResult<()> {
-        redis::cmd("ZADD")
-            .arg(self.keys.pinged())
-            .arg("GT")
-            .arg(until_ms)
-            .arg(mailbox)
-            .query_async(conn)
-            .await
+        let key = self.keys.pinged();
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&key).arg("GT").arg(until_ms).arg(mailbox);
+        let _: i64 = write_durable(conn, &zadd, &key).await?;
+        Ok(())
     }
 
     /// The mailboxes with a Ping parked until `since_ms` or later; forgets those whose last

@@ -253,15 +253,17 @@ impl Store {
     /// Records that the device was told of these versions (after its Status 2 was written), by
     /// the answer to a Ping whose heartbeat would have run out at `until_ms`. The report stands
     /// once the device's next Ping comes before `until_ms`; a later one hears it again.
+    /// Returns false, recording nothing, when Redis no longer holds the device's state (lost
+    /// since the claim): its next claim finds it new, and the frontend decides (I1).
     pub async fn ack<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
         versions: &[FolderVersion],
         until_ms: u64,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<bool> {
         if versions.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut invocation = self.scripts.ack.prepare_invoke();
         invocation
@@ -272,8 +274,8 @@ impl Store {
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }
-        let _: i64 = invocation.invoke_async(conn).await?;
-        Ok(())
+        let recorded: i64 = invocation.invoke_async(conn).await?;
+        Ok(recorded == 1)
     }
 
     /// The Status 2 that reported `versions` never reached the device (its connection failed

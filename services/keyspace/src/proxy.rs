@@ -95,6 +95,7 @@ impl Store {
             .key(self.keys.sync_state(device.mailbox, device.device_id))
             .key(self.keys.folders(device.mailbox, device.device_id))
             .key(self.keys.params(device.mailbox, device.device_id))
+            .arg(self.ttl_secs)
             .invoke_async(conn)
             .await?;
         let last = reply.first().map(String::as_str).unwrap_or_default();

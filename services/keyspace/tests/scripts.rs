@@ -884,3 +884,157 @@ async fn an_ended_ping_releases_its_owner_entry_and_only_its_own() {
     assert_eq!(owners(conn.clone()).await, 0);
     cleanup(&mut conn, &store).await;
 }
+
+/// I1 across a loss of Redis state: an answer written before the loss and acknowledged after
+/// it must not make the device known again with only the folders it reported, or the next
+/// claim would take a change since the loss, in another folder, for that folder's baseline.
+#[tokio::test]
+async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_new() {
+    let (store, mut conn, _) = setup().await;
+    let key = device_key("gus@example.com", "phone");
+    let device = Device {
+        mailbox: "gus@example.com",
+        device_id: "phone",
+        key: &key,
+    };
+    let claim = |conn: redis::aio::MultiplexedConnection, request: u64| {
+        let store = &store;
+        async move {
+            let mut conn = conn;
+            store
+                .claim(
+                    &mut conn,
+                    device,
+                    &owner("a", request),
+                    &full(60, &["5", "6"]),
+                    NOW,
+                    Mode::Standalone,
+                )
+                .await
+                .expect("claim")
+        }
+    };
+    let bump = |conn: redis::aio::MultiplexedConnection, folder: &str| {
+        let (store, folders) = (&store, vec![folder.to_string()]);
+        async move {
+            let mut conn = conn;
+            store
+                .bump(&mut conn, "gus@example.com", change(&folders, false), NOW)
+                .await
+                .expect("bump");
+        }
+    };
+    claim(conn.clone(), 1).await;
+    bump(conn.clone(), "5").await;
+    let reported = changed_of(&claim(conn.clone(), 2).await);
+    assert_eq!(reported.len(), 1, "folder 5 is news");
+
+    // Redis restarts empty while that Status 2 is being written; its ack comes after.
+    cleanup(&mut conn, &store).await;
+    let recorded = store
+        .ack(&mut conn, device, &reported, NOW + 60_000)
+        .await
+        .expect("ack");
+    assert!(!recorded, "nothing is recorded for a device Redis forgot");
+    bump(conn.clone(), "6").await;
+
+    let Claim::Claimed { fresh, changed, .. } = claim(conn.clone(), 3).await else {
+        panic!("expected a claim");
+    };
+    assert!(
+        fresh,
+        "the device is new to Redis: the frontend decides what is news"
+    );
+    assert!(
+        changed.contains(&FolderVersion {
+            id: "6".into(),
+            version: 1
+        }),
+        "the change since the loss is listed, not taken for a baseline: {changed:?}"
+    );
+    let recorded = store
+        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .await
+        .expect("ack");
+    assert!(recorded, "an ack within the state it came from is recorded");
+    cleanup(&mut conn, &store).await;
+}
+
+/// The same in proxy mode, where a completed Sync sets the baseline: a Sync that started before
+/// Redis lost its state and completed after it sets none.
+#[tokio::test]
+async fn a_sync_across_a_loss_of_redis_state_leaves_the_device_new() {
+    use dp_keyspace::Synced;
+    let (store, mut conn, _) = setup().await;
+    let key = device_key("hal@example.com", "phone");
+    let device = Device {
+        mailbox: "hal@example.com",
+        device_id: "phone",
+        key: &key,
+    };
+    let claim = |conn: redis::aio::MultiplexedConnection, request: u64| {
+        let store = &store;
+        async move {
+            let mut conn = conn;
+            store
+                .claim(
+                    &mut conn,
+                    device,
+                    &owner("a", request),
+                    &full(60, &["5", "6"]),
+                    NOW,
+                    Mode::Proxy,
+                )
+                .await
+                .expect("claim")
+        }
+    };
+    claim(conn.clone(), 1).await;
+    store
+        .bump(
+            &mut conn,
+            "hal@example.com",
+            change(&["5".into()], false),
+            NOW,
+        )
+        .await
+        .expect("bump");
+    let start = store.sync_start(&mut conn, device).await.expect("start");
+
+    // Redis restarts empty during the Sync; a change lands in the other folder after it.
+    cleanup(&mut conn, &store).await;
+    let done = [Synced {
+        collection: "5",
+        version: start.versions["5"],
+        sync_key: Some("k1"),
+    }];
+    store
+        .synced(&mut conn, device, &done, None)
+        .await
+        .expect("synced");
+    store
+        .bump(
+            &mut conn,
+            "hal@example.com",
+            change(&["6".into()], false),
+            NOW,
+        )
+        .await
+        .expect("bump");
+
+    let Claim::Claimed { fresh, changed, .. } = claim(conn.clone(), 2).await else {
+        panic!("expected a claim");
+    };
+    assert!(
+        fresh,
+        "the device is new to Redis: the frontend decides what is news"
+    );
+    assert!(
+        changed.contains(&FolderVersion {
+            id: "6".into(),
+            version: 1
+        }),
+        "the change since the loss is listed, not taken for a baseline: {changed:?}"
+    );
+    cleanup(&mut conn, &store).await;
+}

@@ -172,7 +172,7 @@ pub async fn run(
         metrics,
     });
     cluster::watch_connection(shared.clone(), nats_events);
-    pinged::watch(shared.clone());
+    pinged::watch(shared.clone()).await;
     epoch::watch(shared.clone()).await;
     if let Some(tls) = &shared.tls {
         tls.clone().watch(shared.metrics.tls_reloads.clone());

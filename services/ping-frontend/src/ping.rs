@@ -697,9 +697,16 @@ async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
             let ack = shared
                 .store
                 .ack(&mut redis, device, &finished.reported, until_ms);
-            tokio::time::timeout(shared.config.redis_timeout, ack)
-                .await
-                .is_ok_and(|r| r.is_ok())
+            match tokio::time::timeout(shared.config.redis_timeout, ack).await {
+                Ok(Ok(recorded)) => {
+                    if !recorded {
+                        // Its next Ping finds it new to Redis, and its folders are news (I1).
+                        tracing::debug!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not recorded: Redis lost the device's state since its claim");
+                    }
+                    true
+                }
+                _ => false,
+            }
         }
         dp_keyspace::Mode::Proxy => {
             let counted = shared

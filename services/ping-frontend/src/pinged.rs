@@ -12,34 +12,59 @@ use crate::Shared;
 /// How often a frontend looks whether an IMAP watcher runs.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
-/// Keeps `Shared::imap_index` current until the process ends.
-pub fn watch(shared: Arc<Shared>) {
+/// Looks once now (so the first Pings are marked when an IMAP watcher already runs), then keeps
+/// `Shared::imap_index` current until the process ends.
+pub async fn watch(shared: Arc<Shared>) {
+    look(&shared).await;
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(LOOK_EVERY);
+        interval.tick().await;
         loop {
             interval.tick().await;
-            let mut redis = shared.redis.clone();
-            if let Ok(in_use) = shared.store.imap_in_use(&mut redis).await {
-                shared.imap_index.store(in_use, Ordering::Relaxed);
-            }
+            look(&shared).await;
         }
     });
 }
 
+async fn look(shared: &Shared) {
+    let mut redis = shared.redis.clone();
+    let in_use = shared.store.imap_in_use(&mut redis);
+    if let Ok(Ok(in_use)) = tokio::time::timeout(shared.config.redis_timeout, in_use).await {
+        shared.imap_index.store(in_use, Ordering::Relaxed);
+    }
+}
+
+/// The first pause before a failed mark is made again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MOST: Duration = Duration::from_secs(5);
+
 /// Records that `mailbox` has a Ping parked until `until_ms`, when an IMAP watcher needs it.
+/// A mark that fails (Redis unreachable, or not confirmed by a replica in cluster mode) is made
+/// again while the Ping is parked: without it the watcher does not look at the mailbox, and its
+/// mail would wake nobody (I1).
 pub fn mark(shared: &Arc<Shared>, mailbox: &str, until_ms: u64) {
     if !shared.imap_index.load(Ordering::Relaxed) {
         return;
     }
     let (shared, mailbox) = (shared.clone(), mailbox.to_owned());
     tokio::spawn(async move {
-        let mut redis = shared.redis.clone();
-        if let Err(err) = shared
-            .store
-            .mark_pinged(&mut redis, &mailbox, until_ms)
-            .await
-        {
-            tracing::warn!(%mailbox, error = %err, "could not record the mailbox for the IMAP watcher");
+        let mut pause = RETRY_FIRST;
+        loop {
+            let mut redis = shared.redis.clone();
+            let marked = shared.store.mark_pinged(&mut redis, &mailbox, until_ms);
+            let err = match tokio::time::timeout(shared.config.redis_timeout, marked).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => "timed out".to_owned(),
+            };
+            let retry_at = dp_runtime::now_ms() + pause.as_millis() as u64;
+            if retry_at >= until_ms {
+                tracing::warn!(%mailbox, error = %err, "could not record the mailbox for the IMAP watcher; its mail wakes no Ping until the device's next Ping");
+                return;
+            }
+            tracing::debug!(%mailbox, error = %err, retry_in_ms = pause.as_millis() as u64, "could not record the mailbox for the IMAP watcher; trying again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MOST);
         }
     });
 }

@@ -9,7 +9,9 @@
 //! registers a parked Ping, the rollback of an answer never delivered) therefore run through
 //! [`invoke_durable`]: the script and a `WAIT` for `REDIS_WAIT_REPLICAS` replicas go to the
 //! script's node in one pipeline, and a script not confirmed in time is treated as failed, so
-//! its change is delivered again or its Ping retried. One pipeline, not a `WAIT` after the
+//! its change is delivered again or its Ping retried. A single command outside a mailbox's keys
+//! that a wake rests on (the IMAP watcher's index of pinged mailboxes) goes the same way through
+//! [`write_durable`]. One pipeline, not a `WAIT` after the
 //! script: the cluster client retries a command whose node died on whichever node it finds, and
 //! a `WAIT` there confirms nothing (seen in the failover test). A pipeline retried elsewhere
 //! runs the script there too (a bump twice is a duplicate at worst), or fails with MOVED.
@@ -249,11 +251,9 @@ pub async fn invoke_durable<T: FromRedisValue, C: Durable>(
         return invocation.invoke_async(conn).await;
     };
     let mut pipe = redis::pipe();
-    pipe.invoke_script(invocation)
-        .cmd("WAIT")
-        .arg(needed)
-        .arg(timeout.as_millis() as u64);
-    let (value, acked): (T, i64) = match pipe.query_async(conn).await {
+    pipe.invoke_script(invocation);
+    wait_after(&mut pipe, needed, timeout);
+    let replies = match pipe.query_async(conn).await {
         Err(err) if err.kind() == ErrorKind::NoScriptError => {
             // This node has not seen the script yet: load it (on every node) and go again.
             invocation.load_async(conn).await?;
@@ -261,6 +261,34 @@ pub async fn invoke_durable<T: FromRedisValue, C: Durable>(
         }
         other => other?,
     };
+    confirmed(replies, needed, timeout)
+}
+
+/// Sends one command whose write something outside its mailbox's keys rests on (the index of
+/// pinged mailboxes the IMAP watcher reads), the way [`invoke_durable`] runs a script: with
+/// replicas to wait for, the command and a `WAIT` go to its node in one pipeline. `key` is the
+/// key it writes.
+pub async fn write_durable<T: FromRedisValue, C: Durable>(
+    conn: &mut C,
+    cmd: &Cmd,
+    key: &str,
+) -> redis::RedisResult<T> {
+    let Some((needed, timeout)) = conn.replicas_for(key).await? else {
+        return cmd.query_async(conn).await;
+    };
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone());
+    wait_after(&mut pipe, needed, timeout);
+    confirmed(pipe.query_async(conn).await?, needed, timeout)
+}
+
+fn wait_after(pipe: &mut Pipeline, needed: u32, timeout: Duration) {
+    pipe.cmd("WAIT").arg(needed).arg(timeout.as_millis() as u64);
+}
+
+/// The write's reply, once the `WAIT` after it counted enough replicas; else
+/// [`ErrorKind::TryAgain`].
+fn confirmed<T>((value, acked): (T, i64), needed: u32, timeout: Duration) -> redis::RedisResult<T> {
     if acked < i64::from(needed) {
         return Err(RedisError::from((
             ErrorKind::TryAgain,

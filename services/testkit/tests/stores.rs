@@ -275,6 +275,80 @@ async fn a_bump_lost_with_its_primary_is_made_again_on_the_promoted_replica() {
     env.cleanup().await;
 }
 
+/// Issue 15, I1 for the IMAP source across a failover: the mark that tells the IMAP watcher a
+/// mailbox has a parked Ping, made on a primary whose replica never received it, is made again
+/// on the promoted replica while the Ping stays parked. With `REDIS_WAIT_REPLICAS=0` the mark is
+/// taken as made, is lost with the primary, and the mailbox stays unwatched: its mail would
+/// wake nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinged_mark_lost_with_its_primary_is_made_again_on_the_promoted_replica() {
+    let mut redis = LocalRedisCluster::start("cluster-s3cret")
+        .await
+        .expect("a six-node Redis Cluster");
+    let env = on_redis_cluster(&redis).await;
+    let keys = Keyspace::new(&env.namespace);
+    let index = keys.pinged();
+    let held_node = redis.primary_of(&index).await.expect("the index's primary");
+    // A mailbox on another primary: its claim must not wait on the held replication.
+    let mut mailbox = None;
+    for i in 0..64 {
+        let candidate = format!("imap{i}@example.com");
+        let node = redis.primary_of(&keys.versions(&candidate)).await;
+        if node.is_ok_and(|node| node != held_node) {
+            mailbox = Some(candidate);
+            break;
+        }
+    }
+    let mailbox = mailbox.expect("a mailbox on another primary");
+    env.account(&mailbox, "pw").await;
+    // An IMAP watcher is running, as far as the frontends can tell.
+    let mut conn = env.redis().await;
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys.imap_replicas())
+        .arg("i")
+        .arg(u64::MAX / 2)
+        .query_async(&mut conn)
+        .await
+        .expect("an IMAP replica announced");
+    // Started after: a frontend looks whether an IMAP watcher runs before it serves.
+    let a = Frontend::start(&env, "a", &[]).await;
+
+    let held = redis
+        .hold_replication(held_node)
+        .await
+        .expect("replication held back");
+    let mut phone = Device::new(a.addr, &mailbox, "pw", "d0");
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(300, &["5"])), 300 * SECOND)
+            .await
+    });
+    wait_for("the mark on the primary alone", 20 * SECOND, || async {
+        redis.zscore_on(held_node, &index, &mailbox).await.ok()?
+    })
+    .await;
+    redis.kill(held_node).await;
+    wait_for("a replica promoted", 30 * SECOND, || async {
+        redis
+            .primary_of(&index)
+            .await
+            .ok()
+            .filter(|p| *p != held_node)
+    })
+    .await;
+    drop(held);
+    let promoted = redis.primary_of(&index).await.expect("the index's primary");
+    wait_for(
+        "the mark made again on the promoted replica",
+        30 * SECOND,
+        || async { redis.zscore_on(promoted, &index, &mailbox).await.ok()? },
+    )
+    .await;
+    assert!(!parked.is_finished(), "the Ping stayed parked meanwhile");
+    parked.abort();
+    env.cleanup().await;
+}
+
 /// A test environment whose services use `redis` (cluster mode) and the shared NATS.
 async fn on_redis_cluster(redis: &LocalRedisCluster) -> Env {
     let mut env = Env::new().await;

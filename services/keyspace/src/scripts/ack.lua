@@ -5,6 +5,15 @@
 -- Records the versions as reported (I2) and keeps the versions they replace in `unconfirmed`:
 -- a written answer is not a heard one (a carrier may have dropped the connection silently),
 -- so the device's next claim decides whether the report stands (see claim).
+-- Returns 0, recording nothing, when the device's state is gone since the claim this answer
+-- came from (Redis lost its state, or a replica without it was promoted): written into an empty
+-- Redis, these versions would make the device known again with only the folders reported, and
+-- its next claim would take every other folder's version, changes since the loss included, for
+-- a silent baseline (found by the chaos run). Left alone, the device is new to Redis at its
+-- next claim, and the frontend decides whether its folders are news (epoch.rs).
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
 local ttl = tonumber(ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], '_until', ARGV[2])

@@ -1,7 +1,7 @@
 -- sync_start: run by the frontend (proxy mode) when a Sync request starts, before the upstream
 -- sees it: what the Sync will have delivered.
 -- KEYS: 1 versions, 2 sync state (this device), 3 folders (this device), 4 params (this device)
--- ARGV: none
+-- ARGV: 1 ttl seconds
 -- Returns {last full Sync request's collections (JSON) or '', id, version, ...}: the version
 -- (as news defines it) of every folder with one, by EAS id.
 local learned = redis.call('HEXISTS', KEYS[3], '') == 1
@@ -39,4 +39,8 @@ if learned then
     add(id)
   end
 end
+-- The versions read here are this Redis state's: `i` says the state is still the one they came
+-- from when the Sync completes (see synced).
+redis.call('HSET', KEYS[2], 'i', '1')
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
 return out

@@ -183,6 +183,14 @@ impl LocalRedisCluster {
         Ok(redis::from_redis_value(&value)?)
     }
 
+    /// `member`'s score in sorted set `key` as node `i` alone holds it (no redirection).
+    pub async fn zscore_on(&self, i: usize, key: &str, member: &str) -> Result<Option<f64>> {
+        let mut zscore = redis::cmd("ZSCORE");
+        zscore.arg(key).arg(member);
+        let value = command_on(&self.node_url(i), zscore).await?;
+        Ok(redis::from_redis_value(&value)?)
+    }
+
     /// Kills node `i` at once (SIGKILL), as a lost machine.
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
