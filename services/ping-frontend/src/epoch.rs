@@ -38,7 +38,8 @@ pub async fn watch(shared: Arc<Shared>) {
     });
 }
 
-async fn refresh(shared: &Shared) {
+/// Reads the epoch and follows it; false when it could not be read.
+async fn refresh(shared: &Shared) -> bool {
     let mut redis = shared.redis.clone();
     let now = dp_runtime::now_ms();
     let Ok(Ok(epoch)) = tokio::time::timeout(
@@ -47,7 +48,7 @@ async fn refresh(shared: &Shared) {
     )
     .await
     else {
-        return;
+        return false;
     };
     let hash = {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -75,6 +76,7 @@ async fn refresh(shared: &Shared) {
         let parked = shared.parked.tell_all(|s| s.recheck = true);
         tracing::error!(parked, "Redis lost its state (a new epoch): parked Pings re-check, and devices it forgot hear their folders again");
     }
+    true
 }
 
 /// Whether the namespace had Redis state before `epoch`: an earlier epoch of it is recorded.
@@ -97,8 +99,12 @@ pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> b
     // The epoch as it is now, not as last polled: in the second before the poll sees a loss, a
     // device whose state just went would be judged by the old epoch, taken for new, and the
     // changes bumped since the loss would become its baseline unheard (found by the chaos
-    // smoke run). One round trip, for devices Redis knows nothing of only.
-    refresh(shared).await;
+    // smoke run). One round trip, for devices Redis knows nothing of only. Unread (Redis
+    // answered the claim but not this), the last epoch seen may be the one that was lost: its
+    // "nothing before" would take the device for new, so it counts as known.
+    if !refresh(shared).await {
+        return true;
+    }
     let created = shared.epoch.created_ms.load(Ordering::Acquire);
     let ttl = shared.config.device_state_ttl.as_millis() as u64;
     // State older than the TTL would have expired anyway: nothing to look up.

@@ -701,7 +701,7 @@ async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
                 Ok(Ok(recorded)) => {
                     if !recorded {
                         // Its next Ping finds it new to Redis, and its folders are news (I1).
-                        tracing::debug!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not recorded: Redis lost the device's state since its claim");
+                        tracing::info!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not recorded: Redis lost the device's state since its claim");
                     }
                     true
                 }
