@@ -70,7 +70,8 @@ pub async fn serve<S: Transport>(
                 keep_alive,
                 unconfirmed: None,
             },
-            Ok(Routed::Ping(Started::Answer(context, finished))) => {
+            Ok(Routed::Ping(Started::Answer(answer))) => {
+                let (context, finished) = *answer;
                 Box::pin(ping::finish(shared, &mut stream, &context, Ok(finished)))
                     .await
                     .unwrap_or_default()

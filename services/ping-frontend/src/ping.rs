@@ -108,9 +108,18 @@ impl Finished {
 pub struct ClientGone;
 
 /// What [`start`] decided.
+/// Both boxed: the connection's future holds this across its answer's or its wait's awaits, and
+/// is as large as its largest state; inline, a parked connection's task carried a `Context` and
+/// a `Waiting` twice over (measured in release: the connection future 1,784 bytes, boxed 1,128).
 pub enum Started {
-    Answer(Context, Finished),
-    Parked(Waiting),
+    Answer(Box<(Context, Finished)>),
+    Parked(Box<Waiting>),
+}
+
+impl Started {
+    fn answer(context: Context, finished: Finished) -> Started {
+        Started::Answer(Box::new((context, finished)))
+    }
 }
 
 /// A parked Ping: all its connection keeps while it waits.
@@ -186,14 +195,14 @@ pub async fn start(
         Ok(ping) => ping,
         Err(err) => {
             tracing::info!(mailbox = %context.mailbox, device = %context.device_id, reason = %err, "Ping refused: Status 4");
-            return Started::Answer(
+            return Started::answer(
                 context,
                 Finished::new(PingResponse::syntax_error(), "rejected"),
             );
         }
     };
     if let Err(answer) = ping.check(&shared.config.limits) {
-        return Started::Answer(context, Finished::new(answer, "rejected"));
+        return Started::answer(context, Finished::new(answer, "rejected"));
     }
     let credentials = crate::proxy::probe::Credentials::of(shared, request, query);
     claim(shared, context, &ping, credentials).await
@@ -340,13 +349,13 @@ async fn claim(
 fn park(mut waiting: Waiting) -> Started {
     waiting.registration.shared.metrics.parked.inc();
     waiting.registration.counted = true;
-    Started::Parked(waiting)
+    Started::Parked(Box::new(waiting))
 }
 
 /// Ends the registration and hands the context on for the answer.
 fn answer_now(waiting: Waiting, finished: Finished) -> Started {
     let Waiting { context, .. } = waiting;
-    Started::Answer(context, finished)
+    Started::answer(context, finished)
 }
 
 fn redis_failed(shared: &Shared, device: Device<'_>, reason: &str) -> Finished {
