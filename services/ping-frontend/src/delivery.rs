@@ -28,7 +28,7 @@ use crate::Shared;
 pub struct Unconfirmed {
     pub mailbox: String,
     pub device_id: String,
-    pub key: String,
+    pub key: std::sync::Arc<str>,
     pub versions: Vec<FolderVersion>,
     pub written: Instant,
 }
@@ -141,7 +141,7 @@ async fn reopen(shared: &Shared, unconfirmed: &Unconfirmed) {
         mailbox: unconfirmed.mailbox.clone(),
         folders: Vec::new(),
         targets: vec![WakeTarget {
-            device: unconfirmed.key.clone(),
+            device: unconfirmed.key.to_string(),
             request: owner.request,
         }],
         accepted_at_us: dp_runtime::now_us(),

@@ -94,7 +94,7 @@ struct Entry {
 }
 
 pub struct Parked {
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Vec<Mutex<HashMap<Arc<str>, Entry>>>,
     hasher: RandomState,
 }
 
@@ -108,17 +108,17 @@ impl Default for Parked {
 }
 
 impl Parked {
-    fn shard(&self, device: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn shard(&self, device: &str) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         let index = (self.hasher.hash_one(device) as usize) % SHARDS;
         lock(&self.shards[index])
     }
 
     /// Registers a Ping before its claim runs, so no wake can slip between the claim and the
     /// park. An older Ping of the device on this pod is told it was superseded.
-    pub fn register(&self, device: &str, request: u64) -> Arc<Slot> {
+    pub fn register(&self, device: Arc<str>, request: u64) -> Arc<Slot> {
         let slot = Arc::new(Slot::default());
-        let old = self.shard(device).insert(
-            device.to_owned(),
+        let old = self.shard(&device).insert(
+            device.clone(),
             Entry {
                 request,
                 slot: slot.clone(),
@@ -192,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn a_signal_before_the_wait_is_not_lost() {
         let parked = Parked::default();
-        let slot = parked.register("d", 1);
+        let slot = parked.register("d".into(), 1);
         assert!(parked.tell("d", 1, |s| s.recheck = true));
         assert!(
             !parked.tell("d", 2, |s| s.recheck = true),
@@ -205,8 +205,8 @@ mod tests {
     #[tokio::test]
     async fn a_newer_registration_supersedes_the_older() {
         let parked = Parked::default();
-        let old = parked.register("d", 1);
-        let _new = parked.register("d", 2);
+        let old = parked.register("d".into(), 1);
+        let _new = parked.register("d".into(), 2);
         assert_eq!(old.next().await.end, Some(End::Superseded));
         parked.remove("d", 1);
         assert_eq!(

@@ -47,7 +47,8 @@ pub struct Context {
     mailbox: String,
     device_id: String,
     device_type: String,
-    key: String,
+    /// One allocation shared with the registration and the pod's index of parked Pings.
+    key: Arc<str>,
     request_id: u64,
     started_at: DateTime<Utc>,
     started: Instant,
@@ -144,7 +145,7 @@ struct Held {
 /// Removes the Ping from the pod's index however it ends.
 struct Registration {
     shared: Arc<Shared>,
-    key: String,
+    key: Arc<str>,
     request: u64,
     /// Counted in `dp_frontend_parked_pings`: only once its claim parked it. A Ping whose claim
     /// is still under way has no owner entry yet, so a change bumped meanwhile does not wake it
@@ -172,7 +173,7 @@ pub async fn start(
 ) -> Started {
     let body = PingRequest::parse(&request.body);
     let context = Context {
-        key,
+        key: key.into(),
         mailbox,
         device_id: query.device_id.clone(),
         device_type: query.device_type.clone(),
@@ -216,7 +217,9 @@ async fn claim(
 ) -> Started {
     let limits = shared.config.limits;
     // Registered before the claim: a wake that follows the claim finds the slot.
-    let slot = shared.parked.register(&context.key, context.request_id);
+    let slot = shared
+        .parked
+        .register(context.key.clone(), context.request_id);
     if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
         slot.tell(|s| s.end = Some(End::Drained));
     }
