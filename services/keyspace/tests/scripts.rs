@@ -885,48 +885,69 @@ async fn an_ended_ping_releases_its_owner_entry_and_only_its_own() {
     cleanup(&mut conn, &store).await;
 }
 
+/// A claim of `device` pinging folders 5 and 6, as request `request` of pod a.
+async fn claim_5_6(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    device: Device<'_>,
+    request: u64,
+    mode: Mode,
+) -> Claim {
+    let body = full(60, &["5", "6"]);
+    let owner = owner("a", request);
+    store
+        .claim(conn, device, &owner, &body, NOW, mode)
+        .await
+        .expect("claim")
+}
+
+async fn bump_folder(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+    mailbox: &str,
+    folder: &str,
+) {
+    let folders = [folder.to_string()];
+    store
+        .bump(conn, mailbox, change(&folders, false), NOW)
+        .await
+        .expect("bump");
+}
+
+/// What a claim after a loss of Redis state must say: the device is new to Redis (so the
+/// frontend decides what is news), and folder 6's change since the loss is listed at its
+/// version, not taken for a silent baseline. Returns the folders listed.
+fn assert_new_with_the_change_since_the_loss(claim: Claim) -> Vec<FolderVersion> {
+    let Claim::Claimed { fresh, changed, .. } = claim else {
+        panic!("expected a claim, got {claim:?}");
+    };
+    assert!(fresh, "the device is new to Redis");
+    let since = FolderVersion {
+        id: "6".into(),
+        version: 1,
+    };
+    assert!(
+        changed.contains(&since),
+        "the change since the loss is listed, not taken for a baseline: {changed:?}"
+    );
+    changed
+}
+
 /// I1 across a loss of Redis state: an answer written before the loss and acknowledged after
 /// it must not make the device known again with only the folders it reported, or the next
 /// claim would take a change since the loss, in another folder, for that folder's baseline.
 #[tokio::test]
 async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_new() {
     let (store, mut conn, _) = setup().await;
-    let key = device_key("gus@example.com", "phone");
+    let (mailbox, key) = ("gus@example.com", device_key("gus@example.com", "phone"));
     let device = Device {
-        mailbox: "gus@example.com",
+        mailbox,
         device_id: "phone",
         key: &key,
     };
-    let claim = |conn: redis::aio::MultiplexedConnection, request: u64| {
-        let store = &store;
-        async move {
-            let mut conn = conn;
-            store
-                .claim(
-                    &mut conn,
-                    device,
-                    &owner("a", request),
-                    &full(60, &["5", "6"]),
-                    NOW,
-                    Mode::Standalone,
-                )
-                .await
-                .expect("claim")
-        }
-    };
-    let bump = |conn: redis::aio::MultiplexedConnection, folder: &str| {
-        let (store, folders) = (&store, vec![folder.to_string()]);
-        async move {
-            let mut conn = conn;
-            store
-                .bump(&mut conn, "gus@example.com", change(&folders, false), NOW)
-                .await
-                .expect("bump");
-        }
-    };
-    claim(conn.clone(), 1).await;
-    bump(conn.clone(), "5").await;
-    let reported = changed_of(&claim(conn.clone(), 2).await);
+    claim_5_6(&store, &mut conn, device, 1, Mode::Standalone).await;
+    bump_folder(&store, &mut conn, mailbox, "5").await;
+    let reported = changed_of(&claim_5_6(&store, &mut conn, device, 2, Mode::Standalone).await);
     assert_eq!(reported.len(), 1, "folder 5 is news");
 
     // Redis restarts empty while that Status 2 is being written; its ack comes after.
@@ -936,22 +957,10 @@ async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_ne
         .await
         .expect("ack");
     assert!(!recorded, "nothing is recorded for a device Redis forgot");
-    bump(conn.clone(), "6").await;
+    bump_folder(&store, &mut conn, mailbox, "6").await;
 
-    let Claim::Claimed { fresh, changed, .. } = claim(conn.clone(), 3).await else {
-        panic!("expected a claim");
-    };
-    assert!(
-        fresh,
-        "the device is new to Redis: the frontend decides what is news"
-    );
-    assert!(
-        changed.contains(&FolderVersion {
-            id: "6".into(),
-            version: 1
-        }),
-        "the change since the loss is listed, not taken for a baseline: {changed:?}"
-    );
+    let claim = claim_5_6(&store, &mut conn, device, 3, Mode::Standalone).await;
+    let changed = assert_new_with_the_change_since_the_loss(claim);
     let recorded = store
         .ack(&mut conn, device, &changed, NOW + 60_000)
         .await
@@ -966,39 +975,14 @@ async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_ne
 async fn a_sync_across_a_loss_of_redis_state_leaves_the_device_new() {
     use dp_keyspace::Synced;
     let (store, mut conn, _) = setup().await;
-    let key = device_key("hal@example.com", "phone");
+    let (mailbox, key) = ("hal@example.com", device_key("hal@example.com", "phone"));
     let device = Device {
-        mailbox: "hal@example.com",
+        mailbox,
         device_id: "phone",
         key: &key,
     };
-    let claim = |conn: redis::aio::MultiplexedConnection, request: u64| {
-        let store = &store;
-        async move {
-            let mut conn = conn;
-            store
-                .claim(
-                    &mut conn,
-                    device,
-                    &owner("a", request),
-                    &full(60, &["5", "6"]),
-                    NOW,
-                    Mode::Proxy,
-                )
-                .await
-                .expect("claim")
-        }
-    };
-    claim(conn.clone(), 1).await;
-    store
-        .bump(
-            &mut conn,
-            "hal@example.com",
-            change(&["5".into()], false),
-            NOW,
-        )
-        .await
-        .expect("bump");
+    claim_5_6(&store, &mut conn, device, 1, Mode::Proxy).await;
+    bump_folder(&store, &mut conn, mailbox, "5").await;
     let start = store.sync_start(&mut conn, device).await.expect("start");
 
     // Redis restarts empty during the Sync; a change lands in the other folder after it.
@@ -1012,29 +996,9 @@ async fn a_sync_across_a_loss_of_redis_state_leaves_the_device_new() {
         .synced(&mut conn, device, &done, None)
         .await
         .expect("synced");
-    store
-        .bump(
-            &mut conn,
-            "hal@example.com",
-            change(&["6".into()], false),
-            NOW,
-        )
-        .await
-        .expect("bump");
+    bump_folder(&store, &mut conn, mailbox, "6").await;
 
-    let Claim::Claimed { fresh, changed, .. } = claim(conn.clone(), 2).await else {
-        panic!("expected a claim");
-    };
-    assert!(
-        fresh,
-        "the device is new to Redis: the frontend decides what is news"
-    );
-    assert!(
-        changed.contains(&FolderVersion {
-            id: "6".into(),
-            version: 1
-        }),
-        "the change since the loss is listed, not taken for a baseline: {changed:?}"
-    );
+    let claim = claim_5_6(&store, &mut conn, device, 2, Mode::Proxy).await;
+    assert_new_with_the_change_since_the_loss(claim);
     cleanup(&mut conn, &store).await;
 }
