@@ -136,27 +136,51 @@ pub struct Matched {
     pub latencies_us: Vec<u64>,
     /// (change sent at, device) pairs the device did not hear of within the window.
     pub misses: Vec<(u64, usize)>,
+    /// Proxy mode: changes a device heard of by the Sync it sent after reading an earlier
+    /// Status 2, not by a wake: made between that Status 2 and the Sync, the change is in what
+    /// the Sync brings, so no Status 2 is owed for it (the proxy's baseline moves with the
+    /// Sync). They have no latency of their own.
+    pub heard_by_sync: usize,
     pub refused: usize,
     /// Status 2 answers no change needed: no change was waiting for them (what a lost Redis
     /// state or an undelivered answer costs, by design: a duplicate, never a loss).
     pub duplicates: usize,
 }
 
+/// Each device's event times, sorted, so the first one at or after a moment is a search.
+struct Timeline(HashMap<usize, Vec<u64>>);
+
+impl Timeline {
+    fn new(events: &[(usize, u64)]) -> Timeline {
+        let mut by_device: HashMap<usize, Vec<u64>> = HashMap::new();
+        for &(device, at) in events {
+            by_device.entry(device).or_default().push(at);
+        }
+        for times in by_device.values_mut() {
+            times.sort_unstable();
+        }
+        Timeline(by_device)
+    }
+
+    fn first_from(&self, device: usize, from: u64) -> Option<u64> {
+        let times = self.0.get(&device)?;
+        times.get(times.partition_point(|&t| t < from)).copied()
+    }
+}
+
 /// Matches after the run, so the order in which wakes and sends reached the coordinator does
-/// not matter. `devices_of` lists the devices that watch a mailbox.
+/// not matter. `devices_of` lists the devices that watch a mailbox; `syncs` are the proxy
+/// mode's Syncs (empty otherwise). A wake is preferred to a Sync, so every wake that came in
+/// time gives its latency; a Sync counts only when no wake came within the window.
 pub fn matched(
     sent: &[Sent],
     wakes: &[(usize, u64)],
+    syncs: &[(usize, u64)],
     devices_of: impl Fn(usize) -> Vec<usize>,
     window_us: u64,
 ) -> Matched {
-    let mut by_device: HashMap<usize, Vec<u64>> = HashMap::new();
-    for &(device, at) in wakes {
-        by_device.entry(device).or_default().push(at);
-    }
-    for times in by_device.values_mut() {
-        times.sort_unstable();
-    }
+    let (wakes_of, syncs_of) = (Timeline::new(wakes), Timeline::new(syncs));
+    let in_time = |change: &Sent, at: Option<u64>| at.filter(|at| at - change.at_us <= window_us);
     let mut out = Matched::default();
     let mut needed = std::collections::HashSet::new();
     for change in sent {
@@ -165,18 +189,16 @@ pub fn matched(
             continue;
         }
         for device in devices_of(change.mailbox) {
-            let heard = by_device.get(&device).and_then(|times| {
-                let i = times.partition_point(|&t| t < change.at_us);
-                times.get(i).copied()
-            });
+            let heard = wakes_of.first_from(device, change.at_us);
             if let Some(at) = heard {
                 needed.insert((device, at));
             }
-            match heard {
-                Some(at) if at - change.at_us <= window_us => {
-                    out.latencies_us.push(at - change.at_us)
-                }
-                _ => out.misses.push((change.at_us, device)),
+            if let Some(at) = in_time(change, heard) {
+                out.latencies_us.push(at - change.at_us);
+            } else if in_time(change, syncs_of.first_from(device, change.at_us)).is_some() {
+                out.heard_by_sync += 1;
+            } else {
+                out.misses.push((change.at_us, device));
             }
         }
     }
@@ -203,6 +225,7 @@ mod tests {
         let m = matched(
             &[sent(1, 100), sent(1, 300), sent(2, 10)],
             &wakes,
+            &[],
             |m| vec![m],
             1000,
         );
@@ -223,11 +246,37 @@ mod tests {
                 },
             ],
             &wakes,
+            &[],
             |m| vec![m, m + 10, m + 20],
             1000,
         );
         assert_eq!(m.latencies_us, vec![10, 30]);
         assert_eq!(m.misses, vec![(100, 21)]);
         assert_eq!(m.refused, 1);
+    }
+
+    /// Proxy mode: device 1 read a Status 2 at 90 and sent its Sync at 120; a change sent at
+    /// 100 is in that Sync's answer, and no later Status 2 is owed for it.
+    #[test]
+    fn a_change_made_before_the_sync_that_follows_a_wake_is_heard_by_that_sync() {
+        let wakes = [(1, 90), (2, 150)];
+        let syncs = [(1, 95), (1, 120), (3, 5_000)];
+        let m = matched(
+            &[sent(1, 100), sent(2, 100), sent(3, 100)],
+            &wakes,
+            &syncs,
+            |m| vec![m],
+            1000,
+        );
+        assert_eq!(
+            m.heard_by_sync, 1,
+            "device 1, by its Sync at 120, not the one at 95"
+        );
+        assert_eq!(m.latencies_us, vec![50], "device 2's wake is preferred");
+        assert_eq!(
+            m.misses,
+            vec![(100, 3)],
+            "device 3's Sync came after the window"
+        );
     }
 }

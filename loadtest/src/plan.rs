@@ -27,6 +27,9 @@ pub struct Plan {
     /// Proxy mode: enrol with FolderSync and Sync, and Sync what each Status 2 reports.
     #[serde(default)]
     pub proxy: bool,
+    /// The devices speak TLS 1.2 only (older phones), not 1.3.
+    #[serde(default)]
+    pub tls12: bool,
 }
 
 /// How devices authenticate; the mailbox of each device follows from it.
@@ -77,6 +80,8 @@ pub struct Heartbeat {
 pub enum Event {
     /// `W <device> <unix µs>`: the device read a Status 2.
     Woke { device: usize, at_us: u64 },
+    /// `S <device> <unix µs>`: proxy mode, the device sent a Sync.
+    Synced { device: usize, at_us: u64 },
     /// `E <device> <kind>`: a failed Ping, by kind.
     Error { device: usize, kind: String },
     /// `H <device> <seconds> <unix µs>`: the device changed its heartbeat.
@@ -93,6 +98,7 @@ impl Event {
     pub fn line(&self) -> String {
         match self {
             Event::Woke { device, at_us } => format!("W {device} {at_us}"),
+            Event::Synced { device, at_us } => format!("S {device} {at_us}"),
             Event::Error { device, kind } => format!("E {device} {kind}"),
             Event::Heartbeat {
                 device,
@@ -109,6 +115,10 @@ impl Event {
         let mut number = || words.next()?.parse::<u64>().ok();
         Some(match tag {
             "W" => Event::Woke {
+                device: number()? as usize,
+                at_us: number()?,
+            },
+            "S" => Event::Synced {
                 device: number()? as usize,
                 at_us: number()?,
             },
@@ -157,6 +167,10 @@ mod tests {
                 at_us: 5,
             },
             Event::Launched { at_us: 11 },
+            Event::Synced {
+                device: 4,
+                at_us: 12,
+            },
         ] {
             assert_eq!(Event::parse(&event.line()), Some(event));
         }

@@ -50,6 +50,8 @@ pub struct RunArgs {
 #[derive(Default)]
 pub struct Collected {
     pub wakes: Vec<(usize, u64)>,
+    /// Proxy mode: (device, at µs) of each Sync sent.
+    pub syncs: Vec<(usize, u64)>,
     pub errors: BTreeMap<String, u64>,
     /// (device, seconds, at µs)
     pub heartbeats: Vec<(usize, u32, u64)>,
@@ -121,6 +123,7 @@ impl Run {
             rate: args.rate,
             auth: self.cluster.auth.clone(),
             tls_ca: self.cluster.tls_ca.clone(),
+            tls12: args.cluster.tls12,
             heartbeat,
             jitter_ms: args.jitter_ms,
             proxy: args.cluster.upstream.is_some(),
@@ -135,6 +138,7 @@ impl Run {
                 let Ok(mut c) = collected.lock() else { return };
                 match event {
                     Event::Woke { device, at_us } => c.wakes.push((device, at_us)),
+                    Event::Synced { device, at_us } => c.syncs.push((device, at_us)),
                     Event::Error { kind, .. } => *c.errors.entry(kind).or_default() += 1,
                     Event::Heartbeat {
                         device,

@@ -61,14 +61,15 @@ pub async fn settle(
     report: &mut Report,
 ) -> Result<changes::Matched> {
     tokio::time::sleep(window).await;
-    let wakes = run
+    let (wakes, syncs) = run
         .collected
         .lock()
-        .map(|c| c.wakes.clone())
+        .map(|c| (c.wakes.clone(), c.syncs.clone()))
         .unwrap_or_default();
     let m = changes::matched(
         sent,
         &wakes,
+        &syncs,
         devices_of(&run.cluster.auth, run.args.devices),
         window.as_micros() as u64,
     );
@@ -76,6 +77,9 @@ pub async fn settle(
     report.set("changes_refused", m.refused);
     report.set("wake_latency", percentiles_ms(&m.latencies_us));
     report.set("missed_wakes", m.misses.len());
+    if !syncs.is_empty() {
+        report.set("changes_heard_by_sync", m.heard_by_sync);
+    }
     report.set("duplicate_wakes", m.duplicates);
     if !m.misses.is_empty() {
         let first: Vec<_> = m
