@@ -89,6 +89,13 @@ pub struct ClusterArgs {
     /// Speak TLS; a local cluster gets a fresh CA and certificate.
     #[arg(long)]
     pub tls: bool,
+    /// With --tls: local frontends share TLS_TICKET_KEYS, so a device resumes on any of
+    /// them; without it each has its own ticket keys.
+    #[arg(long)]
+    pub shared_ticket_keys: bool,
+    /// With --tls: the devices speak TLS 1.2 only, as older phones do (1.3 otherwise).
+    #[arg(long)]
+    pub tls12: bool,
     /// The CA that signed a running deployment's certificate (implies --tls).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
@@ -232,6 +239,9 @@ impl Cluster {
             (Some(ca), _) => {
                 common.push(("TLS_CERT", ca.cert_path().display().to_string()));
                 common.push(("TLS_KEY", ca.key_path().display().to_string()));
+                if args.shared_ticket_keys {
+                    common.push(("TLS_TICKET_KEYS", ticket_keys(ca)?.display().to_string()));
+                }
             }
         }
         if args.balancer != Balancer::None {
@@ -402,4 +412,15 @@ async fn wait_ready(node: &Node) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("{} was not ready within 60 s; see its log", node.name)
+}
+
+/// A ticket key file with one fresh random key, beside the CA's certificate.
+pub fn ticket_keys(ca: &dp_testkit::tls::TestCa) -> Result<PathBuf> {
+    use base64::Engine;
+    let key: [u8; 48] = std::array::from_fn(|_| rand::random());
+    let path = ca.dir.join("ticket-keys");
+    let line = base64::engine::general_purpose::STANDARD.encode(key);
+    std::fs::write(&path, format!("{line}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }

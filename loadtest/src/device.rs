@@ -46,7 +46,7 @@ pub fn token(auth: &Auth, key: &jsonwebtoken::EncodingKey, mailbox: &str) -> Opt
 pub struct Shared {
     pub plan: Plan,
     pub credential: Credential,
-    pub tls: Option<tokio_rustls::TlsConnector>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -62,13 +62,20 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
     };
     let mut device = Device::new(frontend, &mailbox, password, &format!("lt{number}"));
     device.bearer = bearer;
-    device.tls = shared.tls.clone();
+    device.tls = shared.tls.as_deref().map(crate::tls::device_connector);
     device.source = Some(plan.sources[number % plan.sources.len()]);
     let mut heartbeat = Adaptive::new(plan);
     let report = |event| {
         let _ = shared.events.send(event);
     };
+    let synced = || {
+        report(Event::Synced {
+            device: number,
+            at_us: now_us(),
+        })
+    };
     if plan.proxy {
+        synced();
         if let Err(kind) = enrol(&mut device).await {
             report(Event::Error {
                 device: number,
@@ -103,6 +110,7 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
                     });
                     // Proxy mode: the report stands until the device syncs, as a phone does.
                     if plan.proxy {
+                        synced();
                         sync(&mut device, &answer.folders).await.err()
                     } else {
                         None
@@ -251,6 +259,7 @@ mod tests {
                 password: String::new(),
             },
             tls_ca: None,
+            tls12: false,
             heartbeat: Heartbeat {
                 start,
                 step,

@@ -18,6 +18,9 @@ pub struct HandshakeArgs {
     /// Seconds of server time to spend on each kind.
     #[arg(long, default_value_t = 3.0)]
     pub secs: f64,
+    /// Tickets under a TLS_TICKET_KEYS file, as pods that share keys seal them.
+    #[arg(long)]
+    pub shared_ticket_keys: bool,
 }
 
 pub fn run(args: HandshakeArgs) -> Result<serde_json::Value> {
@@ -26,6 +29,11 @@ pub fn run(args: HandshakeArgs) -> Result<serde_json::Value> {
     let tls = ping_frontend::tls::Tls::new(ping_frontend::tls::TlsFiles {
         cert: ca.cert_path(),
         key: ca.key_path(),
+        ticket_keys: if args.shared_ticket_keys {
+            Some(crate::cluster::ticket_keys(&ca)?)
+        } else {
+            None
+        },
         reload_every: Duration::from_secs(3600),
     })
     .map_err(anyhow::Error::msg)?;

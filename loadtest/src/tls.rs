@@ -5,9 +5,23 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub fn connector(ca: &Path) -> Result<tokio_rustls::TlsConnector> {
-    let config = client_config(ca, rustls::DEFAULT_VERSIONS)?;
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+/// The configuration every device of a worker starts from.
+pub fn devices_config(ca: &Path, tls12: bool) -> Result<Arc<rustls::ClientConfig>> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
+    Ok(Arc::new(client_config(ca, versions)?))
+}
+
+/// One device's connector: its own memory of tickets, as each phone has, so a device that
+/// comes back resumes with the ticket it was given (a cache shared by thousands of devices
+/// would hold only the last few tickets for `localhost`).
+pub fn device_connector(config: &rustls::ClientConfig) -> tokio_rustls::TlsConnector {
+    let mut own = config.clone();
+    own.resumption = rustls::client::Resumption::in_memory_sessions(1);
+    tokio_rustls::TlsConnector::from(Arc::new(own))
 }
 
 /// A client configuration that trusts the CA in `ca` (PEM) and speaks `versions`.

@@ -24,7 +24,7 @@ pub async fn run() -> Result<()> {
         tls: plan
             .tls_ca
             .as_deref()
-            .map(crate::tls::connector)
+            .map(|ca| crate::tls::devices_config(ca, plan.tls12))
             .transpose()?,
         credential: Credential::new(&plan.auth),
         plan,

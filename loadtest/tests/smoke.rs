@@ -229,6 +229,49 @@ async fn storm() {
     env.cleanup().await;
 }
 
+/// A TLS storm with the frontends sharing TLS_TICKET_KEYS: every displaced device resumes on a
+/// survivor with the ticket the dead frontend gave it; none needs a full handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_storm_resumes_with_shared_ticket_keys() {
+    let env = Env::new().await;
+    let report = loadtest(
+        &env,
+        &[
+            "storm",
+            "--local-frontends",
+            "2",
+            "--devices",
+            "600",
+            "--rate",
+            "2000",
+            "--tls",
+            "--shared-ticket-keys",
+        ]
+        .into_iter()
+        .chain([
+            "--changes-per-sec",
+            "50",
+            "--calm-secs",
+            "1",
+            "--jitter-ms",
+            "500",
+        ])
+        .collect::<Vec<_>>(),
+    )
+    .await;
+    let displaced = number(&report, "displaced_devices");
+    assert!(displaced > 0.0, "{report:#}");
+    assert_eq!(number(&report, "parked_again"), 600.0, "{report:#}");
+    let handshakes = &report["storm_tls_handshakes"];
+    assert_eq!(handshakes["full"].as_f64(), Some(0.0), "{report:#}");
+    assert!(
+        handshakes["resumed"].as_f64().unwrap_or(0.0) >= displaced,
+        "{report:#}"
+    );
+    assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    env.cleanup().await;
+}
+
 /// Redis restarted without persistence, NATS restarted, a frontend killed, on private stores
 /// behind passwords: nothing missed, the loss seen, the duplicates it cost counted.
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,7 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
             .unwrap_or(0.0),
         None => 0.0,
     };
+    let survivors = Survivors::read(&run, args.kill).await;
     let killed = Instant::now();
     run.cluster.frontends[args.kill].kill().await?;
     let deadline = killed + Duration::from_secs(args.settle_secs);
@@ -56,6 +57,9 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
         back = run.parked().await.unwrap_or(back);
     }
     let reparked_secs = killed.elapsed().as_secs_f64();
+    survivors
+        .report(&run, args.kill, displaced, &mut report)
+        .await;
     tokio::time::sleep(Duration::from_secs(args.calm_secs)).await;
     let sent = injector.stop().await;
     report.set("displaced_devices", displaced);
@@ -80,4 +84,55 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
     )
     .await?;
     run.finish(report)
+}
+
+/// What the surviving frontends spent taking the displaced devices in: CPU, and with TLS the
+/// handshakes by kind (resumed ones are the devices that came back with a ticket the survivors
+/// could open: `--shared-ticket-keys`).
+struct Survivors {
+    cpu_secs: f64,
+    handshakes: [f64; 2],
+}
+
+const KINDS: [&str; 2] = ["full", "resumed"];
+
+impl Survivors {
+    async fn read(run: &Run, victim: usize) -> Survivors {
+        let (mut pids, mut handshakes) = (Vec::new(), [0.0; 2]);
+        for (i, node) in run.cluster.frontends.iter().enumerate() {
+            if i == victim {
+                continue;
+            }
+            pids.extend(node.pid);
+            let Some(admin) = node.admin else { continue };
+            for (count, kind) in handshakes.iter_mut().zip(KINDS) {
+                let series = format!("dp_frontend_tls_handshakes_total{{kind=\"{kind}\"}}");
+                *count += crate::probe::metric(admin, &series).await.unwrap_or(0.0);
+            }
+        }
+        Survivors {
+            cpu_secs: crate::probe::total(&pids).cpu_secs,
+            handshakes,
+        }
+    }
+
+    async fn report(self, run: &Run, victim: usize, displaced: f64, report: &mut Report) {
+        let now = Survivors::read(run, victim).await;
+        let cpu = now.cpu_secs - self.cpu_secs;
+        report.set("storm_survivors_cpu_secs", round(cpu));
+        report.set(
+            "storm_setups_per_survivor_cpu_sec",
+            round(displaced / cpu.max(0.01)),
+        );
+        if run.cluster.tls_ca.is_some() {
+            let mut kinds = serde_json::Map::new();
+            for (i, kind) in KINDS.iter().enumerate() {
+                kinds.insert(
+                    kind.to_string(),
+                    (now.handshakes[i] - self.handshakes[i]).into(),
+                );
+            }
+            report.set("storm_tls_handshakes", serde_json::Value::Object(kinds));
+        }
+    }
 }

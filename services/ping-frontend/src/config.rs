@@ -45,6 +45,10 @@ pub struct FrontendArgs {
     /// PEM private key of TLS_CERT.
     #[arg(long, env = "TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Session ticket keys shared by every pod, one base64 key (32 bytes or more) a line, the
+    /// sealing key first: devices then resume on any pod, not only the one they last saw.
+    #[arg(long, env = "TLS_TICKET_KEYS")]
+    pub tls_ticket_keys: Option<std::path::PathBuf>,
     /// Seconds between checks of the certificate files for changes (SIGHUP reloads at once).
     #[arg(long, env = "TLS_RELOAD_SECS", default_value_t = 10)]
     pub tls_reload_secs: u64,
@@ -215,6 +219,38 @@ fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The TLS files, each read once so a mistake stops the start, not the first handshake.
+fn tls_files(
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    ticket_keys: Option<std::path::PathBuf>,
+    reload_secs: u64,
+) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    let (cert, key) = match (cert, key, &ticket_keys) {
+        (None, None, None) => return Ok(None),
+        (None, None, Some(_)) => {
+            return Err(ConfigError::new(
+                "TLS_TICKET_KEYS",
+                "needs TLS_CERT and TLS_KEY: tickets are for the TLS listener",
+            ))
+        }
+        (Some(cert), Some(key), _) => (cert, key),
+        _ => return Err(ConfigError::new("TLS_CERT/TLS_KEY", "set both, or neither")),
+    };
+    let files = crate::tls::TlsFiles {
+        cert,
+        key,
+        ticket_keys,
+        reload_every: Duration::from_secs(reload_secs.max(1)),
+    };
+    crate::tls::load(&files).map_err(|reason| ConfigError::new("TLS_CERT/TLS_KEY", reason))?;
+    if let Some(path) = &files.ticket_keys {
+        crate::tls::tickets::TicketKeys::read(path)
+            .map_err(|reason| ConfigError::new("TLS_TICKET_KEYS", reason))?;
+    }
+    Ok(Some(files))
+}
+
 impl FrontendArgs {
     pub fn check(self) -> Result<Config, ConfigError> {
         let common = self.common.check()?;
@@ -252,20 +288,12 @@ impl FrontendArgs {
         positive("HISTORY_BATCH", self.history_batch as u64)?;
         positive("HISTORY_QUEUE", self.history_queue as u64)?;
         positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
-        let tls = match (self.tls_cert, self.tls_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let files = crate::tls::TlsFiles {
-                    cert,
-                    key,
-                    reload_every: std::time::Duration::from_secs(self.tls_reload_secs.max(1)),
-                };
-                crate::tls::load(&files)
-                    .map_err(|reason| ConfigError::new("TLS_CERT/TLS_KEY", reason))?;
-                Some(files)
-            }
-            _ => return Err(ConfigError::new("TLS_CERT/TLS_KEY", "set both, or neither")),
-        };
+        let tls = tls_files(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ticket_keys,
+            self.tls_reload_secs,
+        )?;
         let jwt = match self.auth_mode.as_str() {
             "local" | "upstream" => None,
             "jwt" => Some(

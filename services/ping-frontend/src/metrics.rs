@@ -25,6 +25,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub limit: &'static str,
 }
@@ -65,6 +70,7 @@ pub struct Metrics {
     pub limited: Family<LimitLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    pub tls_handshakes: Family<KindLabels, Counter>,
     pub parked: Gauge,
     pub connections: Gauge,
     pub connections_opened: Counter,
@@ -136,6 +142,13 @@ impl ProxyMetrics {
 }
 
 impl Metrics {
+    pub fn count_handshake(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_handshakes
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
     pub fn proxied(&self, command: &'static str, code: u16) {
         self.proxy
             .proxied
@@ -159,6 +172,7 @@ impl Metrics {
             limited: Family::default(),
             tls_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_handshakes: Family::default(),
             parked: Gauge::default(),
             connections: Gauge::default(),
             connections_opened: Counter::default(),
@@ -190,12 +204,20 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = metrics.tls_reloads.get_or_create(&ResultLabels { result });
         }
+        for kind in ["full", "resumed"] {
+            let _ = metrics.tls_handshakes.get_or_create(&KindLabels { kind });
+        }
         let r = registry.sub_registry_with_prefix("dp_frontend");
         metrics.proxy.register(r);
         r.register(
             "tls_reloads",
             "TLS certificate reloads by result",
             metrics.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by kind (full, or resumed with a ticket)",
+            metrics.tls_handshakes.clone(),
         );
         r.register(
             "tls_handshake_failures",

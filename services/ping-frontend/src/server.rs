@@ -104,6 +104,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                     let handshake = Box::pin(TlsStream::accept(stream, tls.config.clone()));
                     match tokio::time::timeout(shared.config.header_timeout, handshake).await {
                         Ok(Ok(stream)) => {
+                            shared.metrics.count_handshake(stream.resumed());
                             let stream = WriteDeadline::new(stream, shared.config.write_timeout);
                             connection::serve(&shared, stream, ip, drain).await
                         }

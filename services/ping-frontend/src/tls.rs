@@ -1,5 +1,7 @@
-//! TLS termination with rustls: TLS 1.2 and 1.3, ALPN http/1.1, and a certificate that is
-//! replaced without a restart when its files change or on SIGHUP.
+//! TLS termination with rustls: TLS 1.2 and 1.3, ALPN http/1.1, and a certificate (and the
+//! shared ticket keys, if any) replaced without a restart when their files change or on SIGHUP.
+
+pub mod tickets;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -13,6 +15,8 @@ use rustls::sign::CertifiedKey;
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `TLS_TICKET_KEYS`: session ticket keys shared by every pod (see `tickets`).
+    pub ticket_keys: Option<PathBuf>,
     /// How often the files are checked for changes.
     pub reload_every: Duration,
 }
@@ -66,6 +70,8 @@ impl ResolvesServerCert for Resolver {
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     resolver: Arc<Resolver>,
+    /// `Some` when the ticket keys come from `files.ticket_keys`.
+    shared_tickets: Option<Arc<tickets::SharedTicketer>>,
     files: TlsFiles,
 }
 
@@ -81,34 +87,59 @@ impl Tls {
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // Returning devices resume with a ticket, sparing the certificate signature: stateless
-        // tickets under this pod's own keys (rotated every 6 hours, gone with the process), so
-        // nothing is stored per device. A device that comes back to another pod, or after a
-        // restart, does a full handshake. One ticket per handshake: a phone uses one per
-        // reconnect, and each resumption hands out the next.
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+        // tickets, so nothing is stored per device. Under the operator's shared keys a device
+        // resumes on any pod; without them, under this pod's own keys (rotated every 6 hours,
+        // gone with the process), only on the pod that saw it last. One ticket per handshake:
+        // a phone uses one per reconnect, and each resumption hands out the next.
+        let shared_tickets = match &files.ticket_keys {
+            Some(path) => Some(Arc::new(tickets::SharedTicketer::new(
+                tickets::TicketKeys::read(path)?,
+            ))),
+            None => None,
+        };
+        config.ticketer = match &shared_tickets {
+            Some(shared) => shared.clone(),
+            None => rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?,
+        };
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 1;
         Ok(Tls {
             config: Arc::new(config),
             resolver,
+            shared_tickets,
             files,
         })
     }
 
-    /// Loads the files again; on failure the old certificate stays.
+    /// Loads the files again; on any failure nothing changes (a certificate is not swapped
+    /// without the ticket keys read with it, or the other way round).
     pub fn reload(&self) -> Result<(), String> {
         let fresh = Arc::new(load(&self.files)?);
+        let keys = match (&self.shared_tickets, &self.files.ticket_keys) {
+            (Some(_), Some(path)) => Some(tickets::TicketKeys::read(path)?),
+            _ => None,
+        };
         *self
             .resolver
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner()) = fresh;
+        if let (Some(shared), Some(keys)) = (&self.shared_tickets, keys) {
+            tracing::info!(sealing_key = %keys.current_id(), "TLS ticket keys reloaded");
+            shared.replace(keys);
+        }
         Ok(())
     }
 
-    fn stamp(&self) -> Option<(SystemTime, SystemTime)> {
+    fn stamp(&self) -> Option<Vec<SystemTime>> {
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((modified(&self.files.cert)?, modified(&self.files.key)?))
+        let files = [Some(&self.files.cert), Some(&self.files.key)];
+        files
+            .into_iter()
+            .chain([self.files.ticket_keys.as_ref()])
+            .flatten()
+            .map(|p| modified(p))
+            .collect()
     }
 
     /// Reloads when the files change (checked every `reload_every`) or on SIGHUP, counting

@@ -8,6 +8,7 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
         .env_remove("DP_NAMESPACE")
         .env_remove("TLS_CERT")
         .env_remove("TLS_KEY")
+        .env_remove("TLS_TICKET_KEYS")
         .output()
         .expect("runs");
     (
@@ -55,4 +56,37 @@ fn bad_settings_exit_64_and_name_the_setting() {
         );
     }
     let _ = std::fs::remove_file(garbage);
+}
+
+/// Ticket keys are read before binding too: an unusable file names TLS_TICKET_KEYS and the
+/// line, never a key's bytes.
+#[test]
+fn bad_ticket_keys_exit_64() {
+    let dir = std::env::temp_dir().join(format!("dp-ticket-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert, key, keys) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("keys"));
+    std::fs::write(&cert, issued.cert.pem()).expect("writes");
+    std::fs::write(&key, issued.key_pair.serialize_pem()).expect("writes");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (cert, key, keys) = (path(&cert), path(&key), path(&keys));
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    for (text, named) in [
+        ("c2hvcnQ=\n", "line 1: 5 bytes"),
+        ("# nothing\n", "no key in it"),
+        ("\n???\n", "line 2: not base64"),
+    ] {
+        std::fs::write(&keys, text).expect("writes");
+        let (code, stderr) = run(&[&tls[..], &["--tls-ticket-keys", keys.as_str()]].concat());
+        assert_eq!(code, Some(64), "{text:?}: {stderr}");
+        assert!(stderr.contains("TLS_TICKET_KEYS"), "{stderr}");
+        assert!(
+            stderr.contains(named),
+            "{text:?} should say {named}: {stderr}"
+        );
+    }
+    let (code, stderr) = run(&["--tls-ticket-keys", keys.as_str()]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("needs TLS_CERT and TLS_KEY"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -88,7 +88,8 @@ impl Default for TestCa {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) {
+/// Writes through a rename, so a reader (or a reload) never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).expect("writes");
     std::fs::rename(&tmp, path).expect("renames");

@@ -13,21 +13,42 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECOND: Duration = Duration::from_secs(1);
 
 async fn tls_frontend(env: &Env, ca: &TestCa, pod: &str) -> Frontend {
+    tls_frontend_with(env, ca, pod, &[]).await
+}
+
+async fn tls_frontend_with(env: &Env, ca: &TestCa, pod: &str, more: &[(&str, &str)]) -> Frontend {
     let (cert, key) = (ca.cert_path(), ca.key_path());
     let (cert, key) = (
         cert.to_string_lossy().into_owned(),
         key.to_string_lossy().into_owned(),
     );
-    Frontend::start(
-        env,
-        pod,
-        &[
-            ("--tls-cert", &cert),
-            ("--tls-key", &key),
-            ("--tls-reload-secs", "1"),
-        ],
-    )
-    .await
+    let mut args = vec![
+        ("--tls-cert", cert.as_str()),
+        ("--tls-key", key.as_str()),
+        ("--tls-reload-secs", "1"),
+    ];
+    args.extend_from_slice(more);
+    Frontend::start(env, pod, &args).await
+}
+
+/// One visit of a device whose memory of servers (its ticket) is `connector`'s session cache:
+/// an OPTIONS exchange, which also makes sure a TLS 1.3 ticket sent after the handshake is read.
+async fn visit(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+) -> Option<rustls::HandshakeKind> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("writes");
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tls.get_ref().1.handshake_kind()
 }
 
 /// The certificate and ALPN protocol a fresh handshake gets, and an OPTIONS answer's status.
@@ -172,21 +193,7 @@ async fn a_returning_device_resumes_with_a_ticket() {
         let connector = ca.client(&[version]);
         let mut kinds = Vec::new();
         for _ in 0..3 {
-            let tcp = tokio::net::TcpStream::connect(a.addr)
-                .await
-                .expect("connects");
-            let name = ServerName::try_from("localhost").expect("name");
-            let mut tls = connector.connect(name, tcp).await.expect("handshake");
-            // A TLS 1.3 ticket follows the handshake: an exchange makes sure it was read.
-            tls.write_all(
-                b"OPTIONS /Microsoft-Server-ActiveSync HTTP/1.1\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .expect("writes");
-            let mut answer = String::new();
-            let _ = tls.read_to_string(&mut answer).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-            kinds.push(tls.get_ref().1.handshake_kind());
+            kinds.push(visit(&connector, a.addr).await);
         }
         use rustls::HandshakeKind::{Full, Resumed};
         assert_eq!(
@@ -196,6 +203,81 @@ async fn a_returning_device_resumes_with_a_ticket() {
         );
     }
     env.cleanup().await;
+}
+
+/// With `TLS_TICKET_KEYS` shared, a device resumes on another pod than the one that gave it its
+/// ticket (what a pod's loss or a rolling update asks of the others); a pod without the keys
+/// cannot open the ticket and does a full handshake. Keys rotate in (new first, old still
+/// opening) and out (a ticket under a removed key is refused) on reload, without a restart.
+#[tokio::test]
+async fn a_device_resumes_on_any_pod_that_shares_the_ticket_keys() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let env = Env::new().await;
+    let ca = TestCa::new();
+    ca.issue(1);
+    let keys = ca.dir.join("ticket-keys");
+    write_ticket_keys(&keys, &[1]);
+    let shared = [("--tls-ticket-keys", keys.to_str().expect("utf-8 path"))];
+    let a = tls_frontend_with(&env, &ca, "a", &shared).await;
+    let b = tls_frontend_with(&env, &ca, "b", &shared).await;
+    let own = tls_frontend(&env, &ca, "own").await;
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let phone = ca.client(&[version]);
+        assert_eq!(visit(&phone, a.addr).await, Some(Full), "{version:?}");
+        assert_eq!(visit(&phone, b.addr).await, Some(Resumed), "{version:?}");
+        assert_eq!(visit(&phone, a.addr).await, Some(Resumed), "{version:?}");
+        assert_eq!(visit(&phone, own.addr).await, Some(Full), "{version:?}");
+    }
+    assert_eq!(
+        b.metric("dp_frontend_tls_handshakes_total{kind=\"resumed\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        own.metric("dp_frontend_tls_handshakes_total{kind=\"full\"}")
+            .await,
+        2.0
+    );
+
+    // Rotation in: a new sealing key, the old one still listed, opens yesterday's tickets.
+    let phone = ca.client(&[&rustls::version::TLS13]);
+    assert_eq!(visit(&phone, a.addr).await, Some(Full));
+    rotate_ticket_keys(&b, &keys, &[2, 1]).await;
+    assert_eq!(
+        visit(&phone, b.addr).await,
+        Some(Resumed),
+        "sealed under key 1"
+    );
+
+    // Rotation out: the ticket b just gave is under key 2; with key 2 gone it is refused.
+    rotate_ticket_keys(&b, &keys, &[3]).await;
+    assert_eq!(visit(&phone, b.addr).await, Some(Full), "key 2 was removed");
+    env.cleanup().await;
+}
+
+/// A ticket key file of 48-byte keys, each all `byte`.
+fn write_ticket_keys(path: &std::path::Path, bytes: &[u8]) {
+    use base64::Engine;
+    let lines: Vec<String> = bytes
+        .iter()
+        .map(|&b| base64::engine::general_purpose::STANDARD.encode([b; 48]))
+        .collect();
+    let text = format!("# test keys\n{}\n", lines.join("\n"));
+    dp_testkit::tls::write_atomically(path, text.as_bytes());
+}
+
+/// Writes new keys and waits until `frontend` has reloaded them.
+async fn rotate_ticket_keys(frontend: &Frontend, path: &std::path::Path, bytes: &[u8]) {
+    const RELOADS: &str = "dp_frontend_tls_reloads_total{result=\"ok\"}";
+    let before = frontend.metric(RELOADS).await;
+    write_ticket_keys(path, bytes);
+    wait_for(
+        "the frontend to reload its TLS files",
+        10 * SECOND,
+        || async { (frontend.metric(RELOADS).await > before).then_some(()) },
+    )
+    .await;
 }
 
 /// curl, an independent TLS client, pinned to TLS 1.2 and to 1.3.

@@ -126,6 +126,11 @@ impl TlsStream {
         Ok(stream)
     }
 
+    /// Whether the device came back with a ticket instead of a full handshake.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
             let step = self.process(Then::Nothing)?;
