@@ -86,6 +86,9 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // After the handshake the connection runs the record layer itself
+        // (`transport/records.rs`) with the traffic keys rustls hands over.
+        config.enable_secret_extraction = true;
         // Returning devices resume with a ticket, sparing the certificate signature: stateless
         // tickets, so nothing is stored per device. Under the operator's shared keys a device
         // resumes on any pod; without them, under this pod's own keys (rotated every 6 hours,

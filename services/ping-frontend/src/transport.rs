@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+mod records;
 mod tls;
 mod write_deadline;
 pub use tls::TlsStream;

@@ -1,10 +1,11 @@
-//! TLS terminated here, over rustls's unbuffered API: the connection owns its three buffers
-//! (records received, plaintext not yet read, records not yet sent) and frees each as soon as
-//! it is empty. A parked Ping has sent and read everything, so it holds none: waiting for the
-//! device's next bytes is waiting for the socket's readiness, as in plaintext. (rustls's
-//! buffered `ServerConnection` keeps a 4 KiB record buffer per connection for as long as the
-//! connection lives: most of the difference between a TLS and a plaintext parked Ping, issue
-//! 14.)
+//! TLS terminated here. rustls's unbuffered API runs the handshake; then rustls hands over the
+//! traffic keys (`records`) and is gone: the connection owns its three buffers (records
+//! received, plaintext not yet read, records not yet sent), frees each as soon as it is empty,
+//! and seals and opens its records itself. A parked Ping has sent and read everything, so it
+//! holds no buffer and no rustls state, only its keys: waiting for the device's next bytes is
+//! waiting for the socket's readiness, as in plaintext. (rustls's buffered `ServerConnection`
+//! keeps a 4 KiB record buffer and 3.2 KB of connection state for as long as the connection
+//! lives: most of the difference between a TLS and a plaintext parked Ping, issue 14.)
 
 use std::io::{Error, ErrorKind};
 use std::pin::Pin;
@@ -12,91 +13,44 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::records::{Opened, Records};
 use super::Transport;
 
 /// Past this many received bytes without a complete record (rustls joins handshake messages of
-/// up to 64 KiB; records are at most 16 KiB and change), the peer is not speaking TLS.
+/// up to 64 KiB; records are at most 18 KiB), the peer is not speaking TLS.
 const MAX_INCOMING: usize = 80 * 1024;
 /// Plaintext encrypted per write: a few records, so a large answer is sent as it is encrypted.
 const MAX_WRITE: usize = 64 * 1024;
 /// What one socket read takes, from a buffer on the stack.
 const READ_CHUNK: usize = 4096;
 
-pub struct TlsStream {
+/// The socket and the records on their way through it.
+struct Wire {
     tcp: TcpStream,
-    conn: UnbufferedServerConnection,
     /// Records received and not yet processed (a partial record at most, once processed).
     incoming: Vec<u8>,
-    /// Decrypted bytes the caller has not read yet.
-    plaintext: Vec<u8>,
     /// Records to send, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
+}
+
+pub struct TlsStream {
+    wire: Wire,
+    records: Records,
+    /// Decrypted bytes the caller has not read yet.
+    plaintext: Vec<u8>,
     /// The device sent close_notify, or closed its side of TCP.
     peer_closed: bool,
     close_notify_sent: bool,
-}
-
-/// What processing the received records came to.
-enum Step {
-    /// More bytes are needed from the device (the handshake waits for them).
-    NeedsBytes,
-    /// Application data may be sent; more may be received.
-    Traffic,
-}
-
-/// What to do once the connection can send application data.
-enum Then<'a> {
-    Nothing,
-    Encrypt(&'a [u8]),
-    CloseNotify,
+    resumed: bool,
 }
 
 fn invalid(err: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::InvalidData, err.to_string())
-}
-
-/// Runs `fill` on the free end of `out`, growing it to the size `fill` asks for when too small.
-fn append(
-    out: &mut Vec<u8>,
-    mut fill: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-    guess: usize,
-) -> std::io::Result<()> {
-    let start = out.len();
-    out.resize(start + guess, 0);
-    loop {
-        match fill(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(Some(required)) if required > out.len() - start => {
-                out.resize(start + required, 0);
-            }
-            Err(_) => {
-                out.truncate(start);
-                return Err(invalid("TLS record could not be encoded"));
-            }
-        }
-    }
-}
-
-fn encrypt_size(error: EncryptError) -> Option<usize> {
-    match error {
-        EncryptError::InsufficientSize(size) => Some(size.required_size),
-        _ => None,
-    }
-}
-
-fn encode_size(error: EncodeError) -> Option<usize> {
-    match error {
-        EncodeError::InsufficientSize(size) => Some(size.required_size),
-        _ => None,
-    }
 }
 
 /// Frees a buffer that holds nothing.
@@ -106,114 +60,7 @@ fn release(buf: &mut Vec<u8>) {
     }
 }
 
-impl TlsStream {
-    /// Completes the handshake on `tcp` (the caller bounds how long it may take).
-    pub async fn accept(
-        tcp: TcpStream,
-        config: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<TlsStream> {
-        let mut stream = TlsStream {
-            tcp,
-            conn: UnbufferedServerConnection::new(config).map_err(invalid)?,
-            incoming: Vec::new(),
-            plaintext: Vec::new(),
-            outgoing: Vec::new(),
-            sent: 0,
-            peer_closed: false,
-            close_notify_sent: false,
-        };
-        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
-        Ok(stream)
-    }
-
-    /// Whether the device came back with a ticket instead of a full handshake.
-    pub fn resumed(&self) -> bool {
-        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-    }
-
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        loop {
-            let step = self.process(Then::Nothing)?;
-            ready!(self.poll_send(cx))?;
-            if matches!(step, Step::Traffic) && !self.conn.is_handshaking() {
-                return Poll::Ready(Ok(()));
-            }
-            if self.peer_closed || ready!(self.poll_receive(cx))? == 0 {
-                return Poll::Ready(Err(ErrorKind::UnexpectedEof.into()));
-            }
-        }
-    }
-
-    /// Processes the records received until rustls needs bytes or may send application data;
-    /// then does `then`. Decrypted data goes to `plaintext`, records to send to `outgoing`.
-    fn process(&mut self, mut then: Then<'_>) -> std::io::Result<Step> {
-        loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
-            let step = match state.map_err(invalid)? {
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard += record.discard;
-                        self.plaintext.extend_from_slice(record.payload);
-                    }
-                    None
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(
-                        &mut self.outgoing,
-                        |out| encode.encode(out).map_err(encode_size),
-                        512,
-                    )?;
-                    None
-                }
-                // Queued in `outgoing`, which goes out before anything written after it.
-                ConnectionState::TransmitTlsData(transmit) => {
-                    transmit.done();
-                    None
-                }
-                ConnectionState::BlockedHandshake => Some(Step::NeedsBytes),
-                ConnectionState::PeerClosed => {
-                    self.peer_closed = true;
-                    None
-                }
-                ConnectionState::Closed => {
-                    self.peer_closed = true;
-                    Some(Step::Traffic)
-                }
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    match std::mem::replace(&mut then, Then::Nothing) {
-                        Then::Nothing => {}
-                        Then::Encrypt(data) => {
-                            let guess = data.len() + 64 + data.len() / 16;
-                            append(
-                                &mut self.outgoing,
-                                |out| traffic.encrypt(data, out).map_err(encrypt_size),
-                                guess,
-                            )?;
-                        }
-                        Then::CloseNotify => {
-                            append(
-                                &mut self.outgoing,
-                                |out| traffic.queue_close_notify(out).map_err(encrypt_size),
-                                64,
-                            )?;
-                            self.close_notify_sent = true;
-                        }
-                    }
-                    Some(Step::Traffic)
-                }
-                // Early data is not enabled; anything else is a state this code does not know.
-                _ => return Err(invalid("unexpected TLS connection state")),
-            };
-            self.incoming.drain(..discard);
-            if let Some(step) = step {
-                release(&mut self.incoming);
-                return Ok(step);
-            }
-        }
-    }
-
+impl Wire {
     /// Reads what the socket has into `incoming` (0: the device closed TCP). Holds no buffer
     /// while it waits.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
@@ -249,6 +96,139 @@ impl TlsStream {
         release(&mut self.outgoing);
         Poll::Ready(Ok(()))
     }
+}
+
+/// rustls during the handshake, with the wire it runs on.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    wire: Wire,
+    /// Application data that came with the handshake's last flight.
+    plaintext: Vec<u8>,
+}
+
+impl Handshake {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let done = self.process()?;
+            ready!(self.wire.poll_send(cx))?;
+            if done {
+                return Poll::Ready(Ok(()));
+            }
+            if ready!(self.wire.poll_receive(cx))? == 0 {
+                return Poll::Ready(Err(ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Processes the records received until rustls needs bytes (false) or the handshake is
+    /// done and everything it had to send is queued (true).
+    fn process(&mut self) -> std::io::Result<bool> {
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.wire.incoming);
+            let step = match state.map_err(invalid)? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(invalid)?;
+                        discard += record.discard;
+                        self.plaintext.extend_from_slice(record.payload);
+                    }
+                    None
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let out = &mut self.wire.outgoing;
+                    let start = out.len();
+                    out.resize(start + 512, 0);
+                    let written = loop {
+                        match encode.encode(&mut out[start..]) {
+                            Ok(n) => break n,
+                            Err(EncodeError::InsufficientSize(size)) => {
+                                out.resize(start + size.required_size, 0);
+                            }
+                            Err(err) => return Err(invalid(err)),
+                        }
+                    };
+                    out.truncate(start + written);
+                    None
+                }
+                // Queued in `outgoing`, which goes out before anything written after it.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(false),
+                // TLS 1.3 lets a server write before the client's Finished: not done yet.
+                ConnectionState::WriteTraffic(_) => Some(true),
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    return Err(ErrorKind::UnexpectedEof.into())
+                }
+                // Early data is not enabled; anything else is a state this code does not know.
+                _ => return Err(invalid("unexpected TLS connection state")),
+            };
+            self.wire.incoming.drain(..discard);
+            match step {
+                Some(true) if self.conn.is_handshaking() => return Ok(false),
+                Some(done) => return Ok(done),
+                None => {}
+            }
+        }
+    }
+}
+
+impl TlsStream {
+    /// Completes the handshake on `tcp` (the caller bounds how long it may take), then takes
+    /// the traffic keys from rustls.
+    pub async fn accept(
+        tcp: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsStream> {
+        let mut handshake = Handshake {
+            conn: UnbufferedServerConnection::new(config).map_err(invalid)?,
+            wire: Wire {
+                tcp,
+                incoming: Vec::new(),
+                outgoing: Vec::new(),
+                sent: 0,
+            },
+            plaintext: Vec::new(),
+        };
+        std::future::poll_fn(|cx| handshake.poll(cx)).await?;
+        let Handshake {
+            conn,
+            mut wire,
+            plaintext,
+        } = handshake;
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(invalid)?;
+        release(&mut wire.incoming);
+        Ok(TlsStream {
+            wire,
+            records: Records::new(secrets, kernel)?,
+            plaintext,
+            peer_closed: false,
+            close_notify_sent: false,
+            resumed,
+        })
+    }
+
+    /// Whether the device came back with a ticket instead of a full handshake.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// Opens the records received; what they ask to send (a KeyUpdate) is queued.
+    fn open(&mut self) -> std::io::Result<()> {
+        let opened = self.records.open(
+            &mut self.wire.incoming,
+            &mut self.plaintext,
+            &mut self.wire.outgoing,
+        )?;
+        release(&mut self.wire.incoming);
+        if opened == Opened::Closed {
+            self.peer_closed = true;
+        }
+        Ok(())
+    }
 
     /// Moves up to `buf`'s room of plaintext into it.
     fn take_plaintext(&mut self, buf: &mut ReadBuf<'_>) {
@@ -274,18 +254,18 @@ impl AsyncRead for TlsStream {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            this.process(Then::Nothing)?;
-            // What processing queued (a key update's answer, an alert) goes out when it can;
-            // a device that does not read must not stop us reading.
-            if let Poll::Ready(Err(err)) = this.poll_send(cx) {
+            this.open()?;
+            // What opening queued (a key update's answer) goes out when it can; a device that
+            // does not read must not stop us reading.
+            if let Poll::Ready(Err(err)) = this.wire.poll_send(cx) {
                 return Poll::Ready(Err(err));
             }
             if !this.plaintext.is_empty() || this.peer_closed {
                 continue;
             }
-            if ready!(this.poll_receive(cx))? == 0 {
+            if ready!(this.wire.poll_receive(cx))? == 0 {
                 this.peer_closed = true;
-                if !this.incoming.is_empty() {
+                if !this.wire.incoming.is_empty() {
                     return Poll::Ready(Err(ErrorKind::UnexpectedEof.into()));
                 }
             }
@@ -300,18 +280,15 @@ impl AsyncWrite for TlsStream {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        // Records already encrypted go first: no more is taken while the device is not reading.
-        ready!(this.poll_send(cx))?;
+        // Records already sealed go first: no more is taken while the device is not reading.
+        ready!(this.wire.poll_send(cx))?;
         if this.close_notify_sent {
             return Poll::Ready(Err(ErrorKind::BrokenPipe.into()));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
-        match this.process(Then::Encrypt(data))? {
-            Step::Traffic => {}
-            Step::NeedsBytes => return Poll::Ready(Err(invalid("TLS handshake not complete"))),
-        }
+        this.records.seal_data(data, &mut this.wire.outgoing)?;
         // As much as the socket takes now; the rest by the next write, flush or shutdown.
-        if let Poll::Ready(Err(err)) = this.poll_send(cx) {
+        if let Poll::Ready(Err(err)) = this.wire.poll_send(cx) {
             return Poll::Ready(Err(err));
         }
         Poll::Ready(Ok(data.len()))
@@ -319,19 +296,19 @@ impl AsyncWrite for TlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_flush(cx)
+        ready!(this.wire.poll_send(cx))?;
+        Pin::new(&mut this.wire.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if !this.close_notify_sent {
-            ready!(this.poll_send(cx))?;
-            this.process(Then::CloseNotify)?;
+            ready!(this.wire.poll_send(cx))?;
+            this.records.seal_close_notify(&mut this.wire.outgoing)?;
             this.close_notify_sent = true;
         }
-        ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        ready!(this.wire.poll_send(cx))?;
+        Pin::new(&mut this.wire.tcp).poll_shutdown(cx)
     }
 }
 
@@ -374,17 +351,30 @@ mod tests {
     fn configs(
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector) {
+        configs_with(version, None)
+    }
+
+    /// The same, the client offering only `suite` when given.
+    fn configs_with(
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) -> (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-        let server = rustls::ServerConfig::builder_with_provider(provider())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .expect("server config");
+        server.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider())
+        let mut client_provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = suite {
+            client_provider.cipher_suites = vec![suite];
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
             .with_protocol_versions(&[version])
             .expect("versions")
             .with_root_certificates(roots)
@@ -399,7 +389,12 @@ mod tests {
     async fn pair(
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
-        let (server, connector) = configs(version);
+        pair_with(configs(version)).await
+    }
+
+    async fn pair_with(
+        (server, connector): (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector),
+    ) -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = tokio::spawn(async move {
@@ -418,7 +413,9 @@ mod tests {
     }
 
     fn held(stream: &TlsStream) -> usize {
-        stream.incoming.capacity() + stream.plaintext.capacity() + stream.outgoing.capacity()
+        stream.wire.incoming.capacity()
+            + stream.plaintext.capacity()
+            + stream.wire.outgoing.capacity()
     }
 
     #[tokio::test]
@@ -442,6 +439,147 @@ mod tests {
             client.read_exact(&mut answer).await.expect("client read");
             assert_eq!(&answer, b"HTTP/1.1 200 OK\r\n\r\n");
             assert_eq!(held(&server), 0, "parked after an exchange ({version:?})");
+        }
+    }
+
+    /// Each AEAD suite the provider offers, TLS 1.3 and 1.2: our record layer and rustls's
+    /// client agree on every byte, both ways, across several records each way.
+    #[tokio::test]
+    async fn every_cipher_suite_round_trips() {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let suites = [
+            (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
+            (&rustls::version::TLS13, cs::TLS13_AES_256_GCM_SHA384),
+            (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+            (
+                &rustls::version::TLS12,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+            (
+                &rustls::version::TLS12,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+            (
+                &rustls::version::TLS12,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            ),
+        ];
+        for (version, suite) in suites {
+            let (mut server, mut client) = pair_with(configs_with(version, Some(suite))).await;
+            let name = format!("{:?}", suite.suite());
+            let big: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+            for round in 0..3 {
+                client.write_all(&big).await.expect("client sends");
+                client.flush().await.expect("client flush");
+                let mut got = vec![0u8; big.len()];
+                server.read_exact(&mut got).await.expect("server reads");
+                assert!(got == big, "{name}, round {round}: server read");
+                server.write_all(&got).await.expect("server sends");
+                server.flush().await.expect("server flush");
+                let mut back = vec![0u8; big.len()];
+                client.read_exact(&mut back).await.expect("client reads");
+                assert!(back == big, "{name}, round {round}: client read");
+            }
+            assert_eq!(held(&server), 0, "{name}");
+        }
+    }
+
+    /// A device that rotates its keys mid-connection (TLS 1.3 KeyUpdate, asking for ours too)
+    /// keeps talking: we follow its new key and answer with our own.
+    #[tokio::test]
+    async fn a_key_update_is_followed_both_ways() {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await;
+        for round in 0..3u8 {
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
+            client.write_all(&[round; 100]).await.expect("sends");
+            client.flush().await.expect("flush");
+            let mut got = [0u8; 100];
+            server.read_exact(&mut got).await.expect("server follows");
+            assert_eq!(got, [round; 100]);
+            server.write_all(&[round + 1; 50]).await.expect("answers");
+            server.flush().await.expect("flush");
+            let mut back = [0u8; 50];
+            client.read_exact(&mut back).await.expect("client follows");
+            assert_eq!(back, [round + 1; 50]);
+            assert_eq!(
+                server.records.sealed_under_this_key(),
+                1,
+                "our answer went under a new key of ours, announced by our KeyUpdate"
+            );
+        }
+    }
+
+    /// A flipped bit in a record is an error that ends the connection, never bytes read.
+    #[tokio::test]
+    async fn a_tampered_record_is_refused() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let (server, connector) = configs(version);
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let accepted = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                TlsStream::accept(tcp, server).await.expect("handshake")
+            });
+            // A relay that flips one bit of the first record the client sends after the handshake.
+            let relay = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let relay_addr = relay.local_addr().expect("addr");
+            let mut to_server = TcpStream::connect(addr).await.expect("connect");
+            let (go, ready) = tokio::sync::oneshot::channel::<()>();
+            let client = tokio::spawn(async move {
+                let tcp = TcpStream::connect(relay_addr).await.expect("connect");
+                let name = ServerName::try_from("localhost").expect("name");
+                let mut tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .expect("client handshake");
+                // Only once the server is done, so the record is alone in its read.
+                ready.await.expect("go");
+                tls.write_all(b"secret").await.expect("sends");
+                tls.flush().await.expect("flush");
+                tls
+            });
+            let (mut from_client, _) = relay.accept().await.expect("relay accept");
+            let (mut a_read, mut a_write) = from_client.split();
+            let (mut b_read, mut b_write) = to_server.split();
+            // Relay the handshake until the server is done, then tamper with the rest.
+            let mut server_side = None;
+            let mut go = Some(go);
+            let mut tampered = false;
+            let mut accepted = Box::pin(accepted);
+            let mut buf = vec![0u8; 65536];
+            let mut back = vec![0u8; 65536];
+            while !tampered {
+                tokio::select! {
+                    done = &mut accepted, if server_side.is_none() => {
+                        server_side = Some(done.expect("server task"));
+                        if let Some(go) = go.take() {
+                            let _ = go.send(());
+                        }
+                    }
+                    n = a_read.read(&mut buf) => {
+                        let n = n.expect("relay read");
+                        assert!(n > 0, "client closed early");
+                        if server_side.is_some() {
+                            buf[n - 1] ^= 1;
+                            tampered = true;
+                        }
+                        b_write.write_all(&buf[..n]).await.expect("relay write");
+                    }
+                    n = b_read.read(&mut back) => {
+                        let n = n.expect("relay read back");
+                        a_write.write_all(&back[..n]).await.expect("relay write back");
+                    }
+                }
+            }
+            let mut server = server_side.expect("server handshake done");
+            let mut got = [0u8; 6];
+            let err = server.read_exact(&mut got).await.expect_err("tampered");
+            assert_eq!(err.kind(), ErrorKind::InvalidData, "{version:?}: {err}");
+            drop(client);
         }
     }
 
