@@ -287,6 +287,10 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
     for (sets, names) in [
         (vec![token, "redis.mode=sentinel"], "redis.mode"),
         (
+            vec![token, "frontend.tls.ticketKeysSecret=tickets"],
+            "frontend.tls.ticketKeysSecret needs frontend.tls.secretName",
+        ),
+        (
             vec![
                 token,
                 "redis.mode=cluster",
@@ -309,6 +313,7 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
             token,
             "frontend.auth.jwtSecret=s3cret",
             "frontend.tls.secretName=tls",
+            "frontend.tls.ticketKeysSecret=tickets",
             "otel.endpoint=http://c:4318",
         ]),
         render(&[
