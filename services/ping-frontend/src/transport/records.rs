@@ -321,29 +321,30 @@ impl Records {
                 (KEY_UPDATE, [1]) => true,
                 _ => return Err(invalid(format!("unexpected TLS handshake message {kind}"))),
             };
-            let keys = self
-                .keys
-                .as_mut()
-                .ok_or_else(|| invalid("KeyUpdate without TLS 1.3 keys"))?;
-            self.rx = Secret::new(
-                keys.update_rx_secret()
-                    .map_err(|e| invalid(e.to_string()))?,
-            )?;
+            self.rx = self.next_secret(KernelConnection::update_rx_secret)?;
             if requested {
                 // Ours, under the old key, announces the new one; update_not_requested.
                 self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], outgoing)?;
-                let keys = self
-                    .keys
-                    .as_mut()
-                    .ok_or_else(|| invalid("KeyUpdate without TLS 1.3 keys"))?;
-                self.tx = Secret::new(
-                    keys.update_tx_secret()
-                        .map_err(|e| invalid(e.to_string()))?,
-                )?;
+                self.tx = self.next_secret(KernelConnection::update_tx_secret)?;
             }
             messages = rest;
         }
         Ok(())
+    }
+}
+
+type NextSecret = fn(
+    &mut KernelConnection<ServerConnectionData>,
+) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+
+impl Records {
+    /// One direction's next key after a KeyUpdate, from rustls's key schedule.
+    fn next_secret(&mut self, update: NextSecret) -> std::io::Result<Secret> {
+        let keys = self
+            .keys
+            .as_mut()
+            .ok_or_else(|| invalid("KeyUpdate without TLS 1.3 keys"))?;
+        Secret::new(update(keys).map_err(|e| invalid(e.to_string()))?)
     }
 }
 
