@@ -315,3 +315,32 @@ async fn a_client_that_leaves_mid_handshake_is_an_end_not_a_hang() {
     };
     assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
 }
+
+/// Whatever arrives after the handshake, the record layer answers with an error or waits for
+/// more: random records of every length, valid headers over random bodies, never a panic.
+#[tokio::test]
+async fn random_bytes_after_the_handshake_are_an_error_never_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let (mut server, _client) = pair(version).await;
+        for round in 0..2_000 {
+            let len = rng.gen_range(0..600);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if round % 2 == 0 && bytes.len() >= 5 {
+                // A plausible header, so the body reaches the AEAD and the parsers behind it.
+                let body = (bytes.len() - 5) as u16;
+                bytes[..5].copy_from_slice(&[23, 3, 3, (body >> 8) as u8, body as u8]);
+            }
+            let (mut plaintext, mut outgoing) = (Vec::new(), Vec::new());
+            match server
+                .records
+                .open(&mut bytes, &mut plaintext, &mut outgoing)
+            {
+                Err(_) | Ok(Opened::More) => {}
+                Ok(Opened::Closed) => panic!("{version:?}: random bytes closed the connection"),
+            }
+            assert!(plaintext.is_empty(), "{version:?}: random bytes decrypted");
+        }
+    }
+}
