@@ -198,17 +198,16 @@ impl Cluster {
         {
             provision(&args.database_url, *mailboxes, password).await?;
         }
-        let mut watchers = Vec::new();
+        let mut specs = Vec::new();
         for w in 0..args.local_watchers {
             let mut env = common.clone();
             env.push(("INGEST_TOKEN", token.clone()));
             env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
-            watchers.push(spawn(
-                &bin.join("mailbox-watcher"),
-                &format!("lt-w-{w}"),
+            specs.push(Spec {
+                bin: bin.join("mailbox-watcher"),
+                name: format!("lt-w-{w}"),
                 env,
-                &logs,
-            )?);
+            });
         }
         common.extend([
             ("MIN_HEARTBEAT", "1".into()),
@@ -247,18 +246,15 @@ impl Cluster {
         if args.balancer != Balancer::None {
             common.push(("PROXY_PROTOCOL", "true".into()));
         }
-        let mut frontends = Vec::new();
         for f in 0..args.local_frontends {
-            frontends.push(spawn(
-                &frontend_bin,
-                &format!("lt-fe-{f}"),
-                common.clone(),
-                &logs,
-            )?);
+            specs.push(Spec {
+                bin: frontend_bin.clone(),
+                name: format!("lt-fe-{f}"),
+                env: common.clone(),
+            });
         }
-        for node in watchers.iter().chain(&frontends) {
-            wait_ready(node).await?;
-        }
+        let mut watchers = start_all(&specs, &logs).await?;
+        let frontends = watchers.split_off(args.local_watchers);
         let balancer = match args.balancer {
             Balancer::None => None,
             mode => {
@@ -378,19 +374,56 @@ fn free_port() -> Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn spawn(bin: &Path, name: &str, mut env: Vec<(&str, String)>, logs: &Path) -> Result<Node> {
+/// A service process to start: its binary, name and environment (ports are added at start).
+struct Spec {
+    bin: PathBuf,
+    name: String,
+    env: Vec<(&'static str, String)>,
+}
+
+/// Starts every node, then waits for each to be ready. One that exits first is started again
+/// on fresh ports, twice at most: its ports were free when picked, but another process (a
+/// parallel test's) may take one before the service binds it.
+async fn start_all(specs: &[Spec], logs: &Path) -> Result<Vec<Node>> {
+    let mut nodes = specs
+        .iter()
+        .map(|spec| spawn(spec, logs))
+        .collect::<Result<Vec<_>>>()?;
+    for (node, spec) in nodes.iter_mut().zip(specs) {
+        let mut starts = 1;
+        while !wait_ready(node).await? {
+            if starts == 3 {
+                bail!(
+                    "{} exited before it was ready, {starts} times; see its log",
+                    node.name
+                );
+            }
+            starts += 1;
+            *node = spawn(spec, logs)?;
+        }
+    }
+    Ok(nodes)
+}
+
+fn spawn(spec: &Spec, logs: &Path) -> Result<Node> {
     let (addr, admin) = (free_port()?, free_port()?);
+    let name = spec.name.as_str();
+    let mut env = spec.env.clone();
     env.push(("POD_NAME", name.into()));
     env.push(("LISTEN_ADDR", addr.to_string()));
     env.push(("ADMIN_ADDR", admin.to_string()));
-    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
+    // Appended to: a start that failed keeps its lines above the next one's.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))?;
+    let child = Command::new(&spec.bin)
         .envs(env)
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {}", spec.bin.display()))?;
     Ok(Node {
         name: name.into(),
         addr,
@@ -400,14 +433,20 @@ fn spawn(bin: &Path, name: &str, mut env: Vec<(&str, String)>, logs: &Path) -> R
     })
 }
 
-async fn wait_ready(node: &Node) -> Result<()> {
+/// True once the node answers ready; false if its process exited first.
+async fn wait_ready(node: &mut Node) -> Result<bool> {
     let Some(admin) = node.admin else {
-        return Ok(());
+        return Ok(true);
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if probe::ready(admin).await {
-            return Ok(());
+            return Ok(true);
+        }
+        if let Some(child) = node.child.as_mut() {
+            if child.try_wait()?.is_some() {
+                return Ok(false);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -423,4 +462,33 @@ pub fn ticket_keys(ca: &dp_testkit::tls::TestCa) -> Result<PathBuf> {
     std::fs::write(&path, format!("{line}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service that exits at start (as one that lost its port to another process does) is
+    /// started again, and after its third exit the run stops at once, naming it: not after
+    /// the 60 s readiness wait.
+    #[tokio::test]
+    async fn a_node_that_exits_before_ready_is_started_again_then_named() {
+        let logs = std::env::temp_dir().join(format!("lt-start-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let specs = [Spec {
+            bin: PathBuf::from("/bin/sh"),
+            name: "lt-exits".into(),
+            env: Vec::new(),
+        }];
+        let err = match start_all(&specs, &logs).await {
+            Ok(_) => panic!("a process that exits is not ready"),
+            Err(err) => err.to_string(),
+        };
+        // The exit is seen, not the readiness wait's 60 s timeout ("was not ready within").
+        assert_eq!(
+            err,
+            "lt-exits exited before it was ready, 3 times; see its log"
+        );
+        let _ = std::fs::remove_dir_all(logs);
+    }
 }
