@@ -252,22 +252,40 @@ async fn wake_written(f: &Frontend, what: &str) {
 /// re-check through that pod's wake subject).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wake_written_into_an_abandoned_connection_is_reported_on_the_new_one() {
-    handover(false).await;
+    handover(false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handover_to_another_pod_hears_the_wake_lost_on_the_first() {
-    handover(true).await;
+    handover(true, false).await;
 }
 
-async fn handover(to_another_pod: bool) {
+/// The same over TLS: the reset reaches the frontend through its own record layer
+/// (`transport/records.rs`) as the same loss, not as a TLS error that says nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wake_lost_in_a_handover_over_tls_is_reported_on_the_new_connection() {
+    handover(false, true).await;
+}
+
+async fn handover(to_another_pod: bool, tls: bool) {
     let env = Env::new().await;
     env.account("hana@example.com", "pw-hana").await;
-    let a = Frontend::start(&env, "a", &[]).await;
-    let b = Frontend::start(&env, "b", &[]).await;
+    let ca = dp_testkit::tls::TestCa::new();
+    ca.issue(1);
+    let (cert, key) = (ca.cert_path(), ca.key_path());
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let tls_args = [("--tls-cert", cert.as_ref()), ("--tls-key", key.as_ref())];
+    let args: &[(&str, &str)] = if tls { &tls_args } else { &[] };
+    let a = Frontend::start(&env, "a", args).await;
+    let b = Frontend::start(&env, "b", args).await;
     let w = Watcher::start(&env, "w", &[]).await;
     let wifi = Proxy::start(a.addr).await;
-    let mut old = Device::new(wifi.addr, "hana@example.com", "pw-hana", "phone");
+    let device = |addr| {
+        let mut device = Device::new(addr, "hana@example.com", "pw-hana", "phone");
+        device.tls = tls.then(|| ca.client(&[&rustls::version::TLS13]));
+        device
+    };
+    let mut old = device(wifi.addr);
     let parked = tokio::spawn(async move { old.ping(Some(&ping_body(300, &["5"]))).await });
     env.wait_parked("hana@example.com", "phone", "a", None)
         .await;
@@ -276,7 +294,7 @@ async fn handover(to_another_pod: bool) {
     wake_written(&a, "the Status 2 written into the abandoned connection").await;
     // At once, on LTE: heard now, not at the end of a 300 s heartbeat.
     let lte = if to_another_pod { b.addr } else { a.addr };
-    let mut phone = Device::new(lte, "hana@example.com", "pw-hana", "phone");
+    let mut phone = device(lte);
     let mut parked = Some(parked);
     let reset = |parked: &mut Option<tokio::task::JoinHandle<_>>| {
         wifi.reset();

@@ -80,6 +80,15 @@ impl Secret {
         Ok(secret)
     }
 
+    /// TLS 1.2: nonce bytes each record carries (RFC 5288's AES-GCM: 8; RFC 7905's ChaCha20: 0).
+    fn tls12_explicit_nonce(&self) -> usize {
+        if self.alg == &aead::CHACHA20_POLY1305 {
+            0
+        } else {
+            EXPLICIT_NONCE
+        }
+    }
+
     /// The key for this record and its nonce (the IV XOR the sequence number); counts the record.
     fn next(&mut self) -> std::io::Result<(LessSafeKey, [u8; NONCE_LEN], u64)> {
         if self.seq >= self.limit {
@@ -184,11 +193,7 @@ impl Records {
             out.push(kind);
             sealing(out, start + HEADER, &header)
         } else {
-            let explicit = if self.tx.alg == &aead::CHACHA20_POLY1305 {
-                0
-            } else {
-                EXPLICIT_NONCE
-            };
+            let explicit = self.tx.tls12_explicit_nonce();
             let len = record_len(explicit + data.len() + TAG)?;
             out.extend_from_slice(&[kind, 3, 3, len[0], len[1]]);
             out.extend_from_slice(&nonce[NONCE_LEN - explicit..]);
@@ -275,11 +280,7 @@ impl Records {
                 return Err(invalid("unexpected change_cipher_spec"));
             }
             let (key, mut nonce, seq) = self.rx.next()?;
-            let explicit = if self.rx.alg == &aead::CHACHA20_POLY1305 {
-                0
-            } else {
-                EXPLICIT_NONCE
-            };
+            let explicit = self.rx.tls12_explicit_nonce();
             let body = &mut record[HEADER..];
             let data_len = body
                 .len()
