@@ -433,14 +433,18 @@ fn spawn(spec: &Spec, logs: &Path) -> Result<Node> {
     })
 }
 
-/// True once the node answers ready; false if its process exited first.
+/// True once the node answers ready on ports it holds itself; false if its process exited
+/// first. (A ready answer from a port another process took is not this node's.)
 async fn wait_ready(node: &mut Node) -> Result<bool> {
     let Some(admin) = node.admin else {
         return Ok(true);
     };
+    let ports = [admin.port(), node.addr.port()];
+    let owns =
+        |pid: Option<u32>| pid.is_some_and(|pid| ports.iter().all(|p| probe::listens(pid, *p)));
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if probe::ready(admin).await {
+        if probe::ready(admin).await && owns(node.pid) {
             return Ok(true);
         }
         if let Some(child) = node.child.as_mut() {

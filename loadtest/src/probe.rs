@@ -144,9 +144,57 @@ pub fn total(pids: &[u32]) -> Usage {
         .fold(Usage::default(), |a, b| a + b)
 }
 
+/// Whether process `pid` holds the listening socket on `port` (TCP, any local address). A port
+/// picked free and released can be taken by another process before the service binds it; then
+/// the service exits, and whatever holds the port answers in its place.
+pub fn listens(pid: u32, port: u16) -> bool {
+    let listening: Vec<String> = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| listening_inodes(&table, port))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .any(|inode| listening.contains(&inode))
+}
+
+/// The socket inodes listening on `port` in a /proc/net/tcp table.
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, state (0A: LISTEN), inode
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            (local.ends_with(&port) && *state == "0A").then(|| inode.to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_is_known_by_its_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(listens(std::process::id(), port));
+        // A connection's local port is not a listener.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let client_port = client.local_addr().expect("addr").port();
+        assert!(!listens(std::process::id(), client_port));
+        drop((client, listener));
+        assert!(!listens(std::process::id(), port));
+    }
 
     #[test]
     fn quantiles_come_from_cumulative_buckets() {
