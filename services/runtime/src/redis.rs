@@ -184,7 +184,17 @@ impl RedisServers {
         match self.mode {
             Mode::Single => {
                 let client = redis::Client::open(self.urls[0].as_str())?;
-                Ok(Conn::Single(ConnectionManager::new(client).await?))
+                // redis 0.27 hands `factor` to backon as the growth of a 1 s delay: its default
+                // (100) retried a lost connection after 1 s, then 60 s, so an outage of two
+                // seconds cost a minute without Redis. Every second, six times; then the next
+                // command starts another round.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_factor(1)
+                    .set_max_delay(1000)
+                    .set_number_of_retries(6)
+                    .set_connection_timeout(Duration::from_secs(1));
+                let manager = ConnectionManager::new_with_config(client, config).await?;
+                Ok(Conn::Single(manager))
             }
             Mode::Cluster => {
                 let client = redis::cluster::ClusterClient::builder(self.urls.clone())

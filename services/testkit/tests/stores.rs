@@ -454,3 +454,41 @@ async fn round(env: &Env, w: &Watcher, heard: &Heard, when: &str, changes: &mut 
         sent.elapsed()
     );
 }
+
+/// A Redis unreachable for a few seconds is used again within seconds of its return, not after
+/// the client's reconnect backoff has grown (redis 0.27's default waited 1 s, then 60 s).
+#[tokio::test]
+async fn redis_is_used_again_within_seconds_of_an_outage() {
+    let env = Env::new().await;
+    let redis: std::net::SocketAddr = env
+        .redis_url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("REDIS_URL is redis://ip:port");
+    let proxy = dp_testkit::Proxy::start(redis).await;
+    let url = format!("redis://{}", proxy.addr);
+    let servers = dp_runtime::redis::RedisServers::parse("single", &url, None, 1000)
+        .expect("a valid Redis URL");
+    let conn = servers.connect(|| true).await.expect("connects");
+    assert!(ping(conn.clone()).await);
+    proxy.cut().await;
+    // Commands during the outage fail, and each failure starts the client's reconnecting.
+    let outage = Instant::now() + 3 * SECOND;
+    while Instant::now() < outage {
+        assert!(!ping(conn.clone()).await, "nothing passes a cut proxy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.restore();
+    wait_for("a command to pass again", 5 * SECOND, || {
+        let conn = conn.clone();
+        async move { ping(conn).await.then_some(()) }
+    })
+    .await;
+    env.cleanup().await;
+}
+
+async fn ping(mut conn: dp_runtime::redis::Redis) -> bool {
+    let cmd = redis::cmd("PING");
+    let answer = cmd.query_async::<String>(&mut conn);
+    matches!(tokio::time::timeout(SECOND, answer).await, Ok(Ok(_)))
+}
