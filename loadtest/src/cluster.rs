@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// already there, which trades a wake per burst for about a millisecond).
     #[arg(long, default_value_t = 2)]
     pub coalesce_ms: u64,
+    /// The local watchers' WAKE_AT_INGEST (the service's default is true; false: every change
+    /// is woken by a dispatcher, one hop later).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wake_at_ingest: bool,
     /// The local services' WORKER_THREADS (0: one per core, the services' default).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
@@ -203,6 +207,7 @@ impl Cluster {
             let mut env = common.clone();
             env.push(("INGEST_TOKEN", token.clone()));
             env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
+            env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
             specs.push(Spec {
                 bin: bin.join("mailbox-watcher"),
                 name: format!("lt-w-{w}"),

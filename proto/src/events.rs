@@ -216,6 +216,22 @@ impl Subjects {
         format!("{}_dead", self.ns)
     }
 
+    /// `<ns>.woken.<mailbox token>`: a change its watcher bumped and woke as it took it in,
+    /// kept in the woken stream, which no dispatcher reads.
+    pub fn woken(&self, mailbox: &str) -> String {
+        format!("{}.woken.{}", self.ns, token(mailbox))
+    }
+
+    /// `<ns>.woken.>`.
+    pub fn all_woken(&self) -> String {
+        format!("{}.woken.>", self.ns)
+    }
+
+    /// The woken stream's name.
+    pub fn woken_stream(&self) -> String {
+        format!("{}_woken", self.ns)
+    }
+
     /// `<ns>.pod.<pod>.wake`.
     pub fn wake(&self, pod: &str) -> String {
         format!("{}.pod.{}.wake", self.ns, token(pod))

@@ -31,6 +31,11 @@ pub struct WatcherArgs {
     /// for the rest of it before dispatching; a lone change never waits.
     #[arg(long, env = "COALESCE_MS", default_value_t = 2)]
     pub coalesce_ms: u64,
+    /// With the dispatch role: changes this process takes in (ingest API, imap role) are bumped
+    /// and woken here first, then written to JetStream marked as woken, and the dispatcher only
+    /// acknowledges them. One hop less per wake; false: every change waits for a dispatcher.
+    #[arg(long, env = "WAKE_AT_INGEST", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wake_at_ingest: bool,
     /// Most changes dispatched together.
     #[arg(long, env = "DISPATCH_BATCH", default_value_t = 512)]
     pub dispatch_batch: usize,
@@ -90,6 +95,8 @@ pub struct Config {
     pub dispatch: bool,
     pub wake_on: HashSet<ChangeKind>,
     pub coalesce: Duration,
+    /// WAKE_AT_INGEST, with the dispatch role (whose Redis it uses).
+    pub wake_at_ingest: bool,
     pub dispatch_batch: usize,
     pub ack_wait: Duration,
     pub max_deliver: i64,
@@ -156,6 +163,7 @@ impl WatcherArgs {
             imap,
             ingest_token: self.ingest_token,
             coalesce: Duration::from_millis(self.coalesce_ms),
+            wake_at_ingest: self.wake_at_ingest && dispatch,
             dispatch_batch: self.dispatch_batch,
             ack_wait: Duration::from_secs(self.ack_wait_secs),
             max_deliver: self.changes_max_deliver,

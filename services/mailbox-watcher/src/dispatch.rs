@@ -19,9 +19,10 @@ use futures::{FutureExt, StreamExt};
 
 use crate::Shared;
 
+pub(crate) mod at_ingest;
 mod wakes;
 
-/// Changes of one mailbox within a batch, merged.
+/// Changes of one mailbox, merged: what its bump and wake need.
 #[derive(Default)]
 struct Group {
     folders: BTreeSet<String>,
@@ -35,7 +36,62 @@ struct Group {
     traceparent: Option<String>,
     /// Its way through the watcher so far (the earliest stored, the batch's times).
     stages: WakeStages,
-    messages: Vec<Message>,
+    /// Changes merged so far.
+    changes: usize,
+}
+
+impl Group {
+    fn new(stages: WakeStages) -> Group {
+        Group {
+            stages,
+            ..Group::default()
+        }
+    }
+
+    /// Merges `change`, stored in JetStream at `stored_us`.
+    fn add(&mut self, shared: &Shared, change: &ChangeEvent, stored_us: u64, trace: Option<&str>) {
+        self.stages.stored_us = self.stages.stored_us.min(stored_us);
+        self.folders.extend(change.folders.iter().cloned());
+        if let Some(name) = &change.store_folder {
+            self.store_folders
+                .insert(shared.config.store_names.path(name));
+        }
+        self.wake |= shared.config.wake_on.contains(&change.kind);
+        self.hierarchy |= change.kind == ChangeKind::Hierarchy;
+        let accepted = change.accepted_at_us.unwrap_or(stored_us);
+        self.accepted_at_us = match self.changes {
+            0 => accepted,
+            _ => self.accepted_at_us.min(accepted),
+        };
+        if self.traceparent.is_none() {
+            self.traceparent = trace.map(str::to_owned);
+        }
+        self.changes += 1;
+    }
+}
+
+/// Bumps and wakes each mailbox's group, all at once: mailboxes are independent (a bump only
+/// increments), so the bumps share the multiplexed Redis connection instead of one round trip
+/// after another. The wakes are handed to NATS, not yet flushed.
+async fn apply<T>(
+    shared: &Shared,
+    redis: &Redis,
+    groups: HashMap<String, (Group, T)>,
+    timeout: Duration,
+) -> Vec<(String, Group, T, anyhow::Result<()>)> {
+    futures::future::join_all(
+        groups
+            .into_iter()
+            .map(|(mailbox, (group, held))| async move {
+                let span = tracing::info_span!("dispatch change", mailbox = %mailbox);
+                dp_runtime::telemetry::set_parent(&span, group.traceparent.as_deref());
+                let outcome = bump_and_wake(shared, redis, &mailbox, &group, timeout)
+                    .instrument(span)
+                    .await;
+                (mailbox, group, held, outcome)
+            }),
+    )
+    .await
 }
 
 pub async fn run(shared: Arc<Shared>, redis: Redis, mut messages: Messages, mut drain: Drain) {
@@ -98,9 +154,52 @@ fn has_followers(message: &Message) -> bool {
         .is_some_and(|v| v.as_str() != "0")
 }
 
+/// How long a dispatcher's bump may take before its changes are left for redelivery.
+const BUMP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// `timing`: when the batch was taken and closed (the stage budget).
 async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>, timing: WakeStages) {
-    let mut groups: HashMap<String, Group> = HashMap::new();
+    let groups = group(shared, batch, timing).await;
+    let mut done = Vec::new();
+    for (mailbox, group, messages, outcome) in apply(shared, redis, groups, BUMP_TIMEOUT).await {
+        match outcome {
+            Ok(()) => done.push((group, messages)),
+            Err(err) => {
+                shared.metrics.dispatch_errors.inc();
+                tracing::warn!(%mailbox, error = %err, "dispatch failed; the changes will be redelivered");
+                for message in messages {
+                    retry_or_bury(shared, &mailbox, message).await;
+                }
+            }
+        }
+    }
+    // The wakes must have reached the server before the changes are acknowledged.
+    if let Err(err) = shared.nats.flush().await {
+        tracing::warn!(error = %err, "NATS flush failed; leaving changes for redelivery");
+        return;
+    }
+    let now = dp_runtime::now_us();
+    for (group, messages) in done {
+        let lag = now.saturating_sub(group.accepted_at_us) as f64 / 1e6;
+        for message in messages {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "ack failed; the change may be delivered again");
+                continue;
+            }
+            shared.metrics.changes_dispatched.inc();
+            shared.metrics.dispatch_lag.observe(lag);
+        }
+    }
+}
+
+/// The batch's changes merged per mailbox, each group with its messages; invalid ones are
+/// dropped.
+async fn group(
+    shared: &Shared,
+    batch: Vec<Message>,
+    timing: WakeStages,
+) -> HashMap<String, (Group, Vec<Message>)> {
+    let mut groups: HashMap<String, (Group, Vec<Message>)> = HashMap::new();
     for message in batch {
         let change: ChangeEvent = match serde_json::from_slice(&message.payload)
             .map_err(|e| e.to_string())
@@ -116,81 +215,24 @@ async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>, timing: W
             }
         };
         let stored = published_us(&message);
-        let accepted = change.accepted_at_us.unwrap_or(stored);
-        let group = groups
+        let trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(dp_runtime::telemetry::TRACEPARENT))
+            .map(|v| v.as_str());
+        let (group, messages) = groups
             .entry(canonical_mailbox(&change.mailbox))
-            .or_insert_with(|| Group {
-                stages: WakeStages {
+            .or_insert_with(|| {
+                let stages = WakeStages {
                     stored_us: stored,
                     ..timing
-                },
-                ..Group::default()
+                };
+                (Group::new(stages), Vec::new())
             });
-        group.stages.stored_us = group.stages.stored_us.min(stored);
-        group.folders.extend(change.folders);
-        if let Some(name) = &change.store_folder {
-            group
-                .store_folders
-                .insert(shared.config.store_names.path(name));
-        }
-        group.wake |= shared.config.wake_on.contains(&change.kind);
-        group.hierarchy |= change.kind == ChangeKind::Hierarchy;
-        group.accepted_at_us = if group.messages.is_empty() {
-            accepted
-        } else {
-            group.accepted_at_us.min(accepted)
-        };
-        if group.traceparent.is_none() {
-            group.traceparent = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(dp_runtime::telemetry::TRACEPARENT))
-                .map(|v| v.as_str().to_owned());
-        }
-        group.messages.push(message);
+        group.add(shared, &change, stored, trace);
+        messages.push(message);
     }
-    // Mailboxes are independent (a bump only increments): all of the batch's bumps go out at
-    // once and share the multiplexed Redis connection, instead of one round trip after another.
-    let outcomes =
-        futures::future::join_all(groups.into_iter().map(|(mailbox, group)| async move {
-            let span = tracing::info_span!("dispatch change", mailbox = %mailbox);
-            dp_runtime::telemetry::set_parent(&span, group.traceparent.as_deref());
-            let outcome = bump_and_wake(shared, redis, &mailbox, &group)
-                .instrument(span)
-                .await;
-            (mailbox, group, outcome)
-        }))
-        .await;
-    let mut done = Vec::new();
-    for (mailbox, group, outcome) in outcomes {
-        match outcome {
-            Ok(()) => done.push(group),
-            Err(err) => {
-                shared.metrics.dispatch_errors.inc();
-                tracing::warn!(%mailbox, error = %err, "dispatch failed; the changes will be redelivered");
-                for message in group.messages {
-                    retry_or_bury(shared, &mailbox, message).await;
-                }
-            }
-        }
-    }
-    // The wakes must have reached the server before the changes are acknowledged.
-    if let Err(err) = shared.nats.flush().await {
-        tracing::warn!(error = %err, "NATS flush failed; leaving changes for redelivery");
-        return;
-    }
-    let now = dp_runtime::now_us();
-    for group in done {
-        let lag = now.saturating_sub(group.accepted_at_us) as f64 / 1e6;
-        for message in group.messages {
-            if let Err(err) = message.ack().await {
-                tracing::warn!(error = %err, "ack failed; the change may be delivered again");
-                continue;
-            }
-            shared.metrics.changes_dispatched.inc();
-            shared.metrics.dispatch_lag.observe(lag);
-        }
-    }
+    groups
 }
 
 /// A change whose dispatch failed is delivered again after 1, 2, 4 ... 60 s; on its last
@@ -235,6 +277,7 @@ async fn bump_and_wake(
     redis: &Redis,
     mailbox: &str,
     group: &Group,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     let folders: Vec<String> = group.folders.iter().cloned().collect();
     let store_folders: Vec<String> = group.store_folders.iter().cloned().collect();
@@ -250,7 +293,7 @@ async fn bump_and_wake(
     let bump = shared
         .store
         .bump(&mut redis, mailbox, change, dp_runtime::now_ms());
-    let bump = tokio::time::timeout(Duration::from_secs(2), bump)
+    let bump = tokio::time::timeout(timeout, bump)
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))??;
     let stages = WakeStages {

@@ -205,31 +205,47 @@ fn parse(body: &[u8], max_batch: usize) -> Result<Vec<ChangeEvent>, String> {
         .collect()
 }
 
-pub(crate) async fn publish(shared: &Shared, changes: Vec<ChangeEvent>) -> Result<usize, String> {
+/// Wakes what it can at once (WAKE_AT_INGEST), then writes every change to JetStream (those
+/// woken to the woken stream, the others to the dispatchers') and returns once JetStream holds
+/// them all.
+pub(crate) async fn publish(
+    shared: &Shared,
+    mut changes: Vec<ChangeEvent>,
+) -> Result<usize, String> {
     let accepted_at = dp_runtime::now_us();
+    for change in &mut changes {
+        change.accepted_at_us = Some(accepted_at);
+    }
+    let woken = shared.at_ingest.wake(shared, &changes, accepted_at).await;
     // The dispatcher continues this request's trace from the message header.
     let trace = crate::trace_headers();
-    let mut pending = Vec::with_capacity(changes.len());
     let count = changes.len();
-    for (i, mut change) in changes.into_iter().enumerate() {
-        change.accepted_at_us = Some(accepted_at);
-        let payload = serde_json::to_vec(&change).map_err(|e| e.to_string())?;
-        let subject = shared.subjects.change(&change.mailbox);
-        let follows = count - 1 - i;
-        let published = match (&trace, follows) {
-            (None, 0) => shared.jetstream.publish(subject, payload.into()).await,
-            (trace, follows) => {
-                let mut headers = trace.clone().unwrap_or_default();
+    // How many changes of the request after each are left for the dispatcher.
+    let mut follows = woken.iter().filter(|w| !**w).count();
+    let mut pending = Vec::with_capacity(count);
+    for (change, woken) in changes.iter().zip(woken) {
+        let payload = serde_json::to_vec(change).map_err(|e| e.to_string())?;
+        let mut headers = trace.clone().unwrap_or_default();
+        let subject = if woken {
+            shared.subjects.woken(&change.mailbox)
+        } else {
+            follows -= 1;
+            if follows > 0 {
                 // The dispatcher waits for the rest of a batch it knows is coming.
                 headers.insert(crate::FOLLOWS, follows.to_string().as_str());
+            }
+            shared.subjects.change(&change.mailbox)
+        };
+        let published = match headers.iter().next() {
+            None => shared.jetstream.publish(subject, payload.into()).await,
+            Some(_) => {
                 shared
                     .jetstream
                     .publish_with_headers(subject, headers, payload.into())
                     .await
             }
         };
-        let ack = published.map_err(|e| e.to_string())?;
-        pending.push(ack);
+        pending.push(published.map_err(|e| e.to_string())?);
     }
     let acks = futures::future::try_join_all(pending.into_iter().map(|ack| ack.into_future()));
     match tokio::time::timeout(DURABLE_TIMEOUT, acks).await {

@@ -45,6 +45,8 @@ pub struct Shared {
     dispatch_ready: AtomicBool,
     /// Set while the imap role reaches Redis (with that role).
     imap_ready: Arc<AtomicBool>,
+    /// Wakes made where changes come in, with the dispatch role's Redis (WAKE_AT_INGEST).
+    at_ingest: dispatch::at_ingest::AtIngest,
 }
 
 /// Creates the change stream and the dead-letter stream if they are missing, and applies
@@ -71,8 +73,16 @@ async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
         num_replicas: shared.config.changes_replicas,
         ..Default::default()
     };
+    // Changes woken as they came in (WAKE_AT_INGEST), kept as the others are but out of the
+    // dispatchers' way: delivering and acknowledging them would cost NATS two messages each.
+    let woken = stream::Config {
+        name: shared.subjects.woken_stream(),
+        subjects: vec![shared.subjects.all_woken()],
+        ..changes.clone()
+    };
     let stream = current_stream(shared, changes).await?;
     current_stream(shared, dead).await?;
+    current_stream(shared, woken).await?;
     shared.stream_ready.store(true, Ordering::Release);
     Ok(stream)
 }
@@ -132,6 +142,7 @@ pub async fn run(
         stream_ready: AtomicBool::new(false),
         dispatch_ready: AtomicBool::new(false),
         imap_ready: Arc::new(AtomicBool::new(false)),
+        at_ingest: Default::default(),
         config,
         nats,
         metrics,
@@ -170,6 +181,7 @@ pub async fn run(
             .connect(|| drain.is_signalled())
             .await
             .context("REDIS_URL")?;
+        shared.at_ingest.connected(redis.clone());
         let (s, d) = (shared.clone(), drain.clone());
         tasks.push(tokio::spawn(async move {
             dispatcher(s, stream, redis, d).await;

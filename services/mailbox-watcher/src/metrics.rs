@@ -33,6 +33,7 @@ pub struct Metrics {
     pub ingest_requests: Family<CodeLabels, Counter>,
     pub changes_accepted: Counter,
     pub changes_dispatched: Counter,
+    pub changes_woken_at_ingest: Counter,
     pub changes_invalid: Counter,
     pub changes_dead: Counter,
     pub wakes_sent: Counter,
@@ -49,6 +50,7 @@ impl Metrics {
             ingest_requests: Family::default(),
             changes_accepted: Counter::default(),
             changes_dispatched: Counter::default(),
+            changes_woken_at_ingest: Counter::default(),
             changes_invalid: Counter::default(),
             changes_dead: Counter::default(),
             wakes_sent: Counter::default(),
@@ -69,8 +71,13 @@ impl Metrics {
         );
         r.register(
             "changes_dispatched",
-            "Changes bumped and woken, then acknowledged",
+            "Changes bumped and woken (by a dispatcher, or at the ingest), then acknowledged",
             metrics.changes_dispatched.clone(),
+        );
+        r.register(
+            "changes_woken_at_ingest",
+            "Changes bumped and woken where they came in, before JetStream held them (WAKE_AT_INGEST)",
+            metrics.changes_woken_at_ingest.clone(),
         );
         r.register(
             "changes_invalid",

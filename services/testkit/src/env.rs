@@ -161,7 +161,11 @@ impl Env {
         if let Ok(nats) = self.try_nats().await {
             let js = async_nats::jetstream::new(nats);
             let subjects = dp_proto::events::Subjects::new(&self.namespace);
-            for stream in [subjects.stream(), subjects.dead_stream()] {
+            for stream in [
+                subjects.stream(),
+                subjects.dead_stream(),
+                subjects.woken_stream(),
+            ] {
                 let _ = js.delete_stream(stream).await;
             }
         }

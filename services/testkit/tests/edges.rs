@@ -309,13 +309,29 @@ async fn overload_answers_503_with_retry_after() {
 }
 
 /// A burst of changes to one folder is dispatched as far fewer bumps and wakes than changes,
-/// and the device hears of it once.
+/// and the device hears of it once: by the dispatcher (the ingest's `Dp-Follows` tells it to
+/// wait for the rest of the request)...
 #[tokio::test]
 async fn bursts_are_coalesced() {
+    burst(
+        &[("--coalesce-ms", "200"), ("--wake-at-ingest", "false")],
+        0.0,
+    )
+    .await;
+}
+
+/// ... and by the ingest's own wake, which merges a request's changes per mailbox.
+#[tokio::test]
+async fn bursts_woken_at_the_ingest_are_coalesced() {
+    burst(&[], 50.0).await;
+}
+
+/// Posts 50 changes of one folder at once; `at_ingest`: how many the ingest should wake.
+async fn burst(settings: &[(&str, &str)], at_ingest: f64) {
     let env = Env::new().await;
     env.account("pat", "pw").await;
     let a = Frontend::start(&env, "a", &[]).await;
-    let w = Watcher::start(&env, "w", &[("--coalesce-ms", "200")]).await;
+    let w = Watcher::start(&env, "w", settings).await;
     let mut phone = Device::new(a.addr, "pat", "pw", "p");
     let parked = tokio::spawn(async move {
         let response = phone
@@ -341,6 +357,8 @@ async fn bursts_are_coalesced() {
         (1.0..10.0).contains(&wakes),
         "50 changes made {wakes} wakes"
     );
+    let woken = w.metric("dp_watcher_changes_woken_at_ingest_total").await;
+    assert_eq!(woken, at_ingest);
     // Heard once: the next Ping parks.
     let next = phone
         .ping_within(Some(&ping_body(1, &["1"])), 5 * SECOND)

@@ -142,6 +142,53 @@ async fn watcher_crash_after_202_loses_no_change() {
     env.cleanup().await;
 }
 
+/// A change the ingest cannot wake itself (its Redis unreachable) is written to the stream
+/// unmarked, and a dispatcher delivers it once Redis is back (WAKE_AT_INGEST keeps I1).
+#[tokio::test]
+async fn a_change_the_ingest_cannot_wake_is_dispatched() {
+    let env = Env::new().await;
+    env.account("ivy", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let mut phone = Device::new(a.addr, "ivy", "pw", "p");
+    let parked = tokio::spawn(async move {
+        phone
+            .ping_within(Some(&ping_body(60, &["1"])), 30 * SECOND)
+            .await
+    });
+    env.wait_parked("ivy", "p", "a", None).await;
+    let redis: SocketAddr = env
+        .redis_url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("REDIS_URL is redis://ip:port");
+    let redis_proxy = Proxy::start(redis).await;
+    let via_proxy = format!("redis://{}", redis_proxy.addr);
+    let w = Watcher::start(&env, "w", &[("--redis-url", &via_proxy)]).await;
+    redis_proxy.cut().await;
+    w.change(&env, "ivy", &["1"]).await;
+    assert_eq!(
+        w.metric("dp_watcher_changes_woken_at_ingest_total").await,
+        0.0
+    );
+    wait_for("the dispatcher to fail on it", 20 * SECOND, || async {
+        (w.metric("dp_watcher_dispatch_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    redis_proxy.restore();
+    let answer = parked.await.expect("device task").ping();
+    assert_eq!(answer.status, PingStatus::Changes);
+    assert_eq!(answer.folders, vec!["1".to_owned()]);
+    w.wait_dispatched(1).await;
+    let jetstream = async_nats::jetstream::new(env.nats().await);
+    for (stream, held) in [("changes", 1), ("woken", 0)] {
+        let name = format!("{}_{stream}", env.namespace);
+        let mut stream = jetstream.get_stream(&name).await.expect("the stream");
+        let info = stream.info().await.expect("its info");
+        assert_eq!(info.state.messages, held, "{name}");
+    }
+    env.cleanup().await;
+}
+
 /// 8. A pod's NATS connection is cut and restored; a change made during the cut (whose wake
 ///    NATS drops, since the pod is not subscribed) still reaches the parked device.
 #[tokio::test]

@@ -17,7 +17,7 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
     let a = Frontend::start(&env, "a", &[]).await;
     let b = Frontend::start(&env, "b", &[]).await;
     let w1 = Watcher::start(&env, "w1", &[]).await;
-    let _w2 = Watcher::start(&env, "w2", &[]).await;
+    let w2 = Watcher::start(&env, "w2", &[]).await;
 
     let mut phone = Device::new(a.addr, "alice@example.com", "pw-alice", "phone1");
     let parked = tokio::spawn(async move {
@@ -64,6 +64,24 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
             .await;
         assert!(count >= 1.0, "stage {stage} measured");
     }
+    // The ingest woke it (WAKE_AT_INGEST) and wrote it to the woken stream, which JetStream
+    // holds (the 202's promise) and no dispatcher reads: one wake in all.
+    assert_eq!(
+        w1.metric("dp_watcher_changes_woken_at_ingest_total").await,
+        1.0
+    );
+    let jetstream = async_nats::jetstream::new(env.nats().await);
+    for (stream, held) in [("woken", 1), ("changes", 0)] {
+        let name = format!("{}_{stream}", env.namespace);
+        let mut stream = jetstream.get_stream(&name).await.expect("the stream");
+        let info = stream.info().await.expect("its info");
+        assert_eq!(info.state.messages, held, "{name}");
+    }
+    let mut wakes = 0.0;
+    for w in [&w1, &w2] {
+        wakes += w.metric("dp_watcher_wakes_sent_total").await;
+    }
+    assert_eq!(wakes, 1.0);
     env.cleanup().await;
 }
 
