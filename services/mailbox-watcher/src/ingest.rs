@@ -217,12 +217,21 @@ pub(crate) async fn publish(
         change.accepted_at_us = Some(accepted_at);
     }
     let woken = shared.at_ingest.wake(shared, &changes, accepted_at).await;
+    let written = write(shared, &changes, woken).await;
+    shared.at_ingest.stream_answered(written.is_ok());
+    written
+}
+
+async fn write(
+    shared: &Shared,
+    changes: &[ChangeEvent],
+    woken: Vec<bool>,
+) -> Result<usize, String> {
     // The dispatcher continues this request's trace from the message header.
     let trace = crate::trace_headers();
-    let count = changes.len();
     // How many changes of the request after each are left for the dispatcher.
     let mut follows = woken.iter().filter(|w| !**w).count();
-    let mut pending = Vec::with_capacity(count);
+    let mut pending = Vec::with_capacity(changes.len());
     for (change, woken) in changes.iter().zip(woken) {
         let payload = serde_json::to_vec(change).map_err(|e| e.to_string())?;
         let mut headers = trace.clone().unwrap_or_default();
@@ -249,7 +258,7 @@ pub(crate) async fn publish(
     }
     let acks = futures::future::try_join_all(pending.into_iter().map(|ack| ack.into_future()));
     match tokio::time::timeout(DURABLE_TIMEOUT, acks).await {
-        Ok(Ok(_)) => Ok(count),
+        Ok(Ok(_)) => Ok(changes.len()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("JetStream did not acknowledge in time".into()),
     }

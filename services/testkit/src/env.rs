@@ -100,6 +100,22 @@ impl Env {
         self.try_nats().await.expect("NATS answers")
     }
 
+    /// The address of the test's single Redis server (for a proxy in front of it).
+    pub fn redis_addr(&self) -> std::net::SocketAddr {
+        self.redis_url
+            .trim_start_matches("redis://")
+            .parse()
+            .expect("REDIS_URL is redis://ip:port")
+    }
+
+    /// How many changes the namespace's stream `<ns>_<kind>` (`changes`, `woken`, `dead`) holds.
+    pub async fn stream_messages(&self, kind: &str) -> u64 {
+        let jetstream = async_nats::jetstream::new(self.nats().await);
+        let name = format!("{}_{kind}", self.namespace);
+        let mut stream = jetstream.get_stream(&name).await.expect("the stream");
+        stream.info().await.expect("its info").state.messages
+    }
+
     async fn try_nats(&self) -> anyhow::Result<async_nats::Client> {
         let servers = dp_runtime::nats::NatsServers::parse(&self.nats_url)?;
         Ok(servers.options().connect(servers.addresses()).await?)

@@ -105,11 +105,7 @@ async fn watcher_crash_after_202_loses_no_change() {
     ingest_only.kill();
 
     // A dispatching watcher that cannot reach Redis takes it, fails, and dies.
-    let redis: SocketAddr = env
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("REDIS_URL is redis://ip:port");
+    let redis = env.redis_addr();
     let redis_proxy = Proxy::start(redis).await;
     let broken_redis = format!("redis://{}", redis_proxy.addr);
     let mut broken = Watcher::start(&env, "w2", &[("--redis-url", &broken_redis)]).await;
@@ -142,8 +138,8 @@ async fn watcher_crash_after_202_loses_no_change() {
     env.cleanup().await;
 }
 
-/// A change the ingest cannot wake itself (its Redis unreachable) is written to the stream
-/// unmarked, and a dispatcher delivers it once Redis is back (WAKE_AT_INGEST keeps I1).
+/// A change the ingest cannot wake itself (its Redis unreachable) is written to the change
+/// stream, and a dispatcher delivers it once Redis is back (WAKE_AT_INGEST keeps I1).
 #[tokio::test]
 async fn a_change_the_ingest_cannot_wake_is_dispatched() {
     let env = Env::new().await;
@@ -156,11 +152,7 @@ async fn a_change_the_ingest_cannot_wake_is_dispatched() {
             .await
     });
     env.wait_parked("ivy", "p", "a", None).await;
-    let redis: SocketAddr = env
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("REDIS_URL is redis://ip:port");
+    let redis = env.redis_addr();
     let redis_proxy = Proxy::start(redis).await;
     let via_proxy = format!("redis://{}", redis_proxy.addr);
     let w = Watcher::start(&env, "w", &[("--redis-url", &via_proxy)]).await;
@@ -179,13 +171,34 @@ async fn a_change_the_ingest_cannot_wake_is_dispatched() {
     assert_eq!(answer.status, PingStatus::Changes);
     assert_eq!(answer.folders, vec!["1".to_owned()]);
     w.wait_dispatched(1).await;
+    assert_eq!(env.stream_messages("changes").await, 1);
+    assert_eq!(env.stream_messages("woken").await, 0);
+    env.cleanup().await;
+}
+
+/// A change JetStream refuses after the ingest woke it is answered 503, and the producer's
+/// retry is not woken at the ingest again but goes the dispatcher's way: a producer retrying
+/// through a JetStream outage must not wake the mailbox's devices on every try (I2).
+#[tokio::test]
+async fn a_retried_change_is_not_woken_again_while_the_stream_refuses_it() {
+    let env = Env::new().await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    // Without the woken stream, writes to it fail as in an outage.
     let jetstream = async_nats::jetstream::new(env.nats().await);
-    for (stream, held) in [("changes", 1), ("woken", 0)] {
-        let name = format!("{}_{stream}", env.namespace);
-        let mut stream = jetstream.get_stream(&name).await.expect("the stream");
-        let info = stream.info().await.expect("its info");
-        assert_eq!(info.state.messages, held, "{name}");
-    }
+    jetstream
+        .delete_stream(format!("{}_woken", env.namespace))
+        .await
+        .expect("the woken stream deleted");
+    let body = serde_json::json!({"mailbox": "kim", "folders": ["1"]});
+    assert_eq!(w.ingest(&env, &body).await.status, 503);
+    assert_eq!(w.ingest(&env, &body).await.status, 202, "the retry");
+    assert_eq!(
+        w.metric("dp_watcher_changes_woken_at_ingest_total").await,
+        1.0,
+        "woken at the ingest once, not on the retry"
+    );
+    assert_eq!(env.stream_messages("changes").await, 1);
+    w.wait_dispatched(2).await;
     env.cleanup().await;
 }
 
@@ -446,11 +459,7 @@ async fn a_failed_recheck_is_retried_until_redis_answers() {
     let env = Env::new().await;
     env.account("rhea", "pw").await;
     let nats = Proxy::start(nats_addr(&env)).await;
-    let redis: SocketAddr = env
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("REDIS_URL is redis://ip:port");
+    let redis = env.redis_addr();
     let redis_proxy = Proxy::start(redis).await;
     let (nats_url, redis_url) = (
         format!("nats://{}", nats.addr),
@@ -535,11 +544,7 @@ async fn a_wake_too_large_for_one_message_is_split() {
 #[tokio::test]
 async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
     let env = Env::new().await;
-    let redis: SocketAddr = env
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("REDIS_URL is redis://ip:port");
+    let redis = env.redis_addr();
     let redis_proxy = Proxy::start(redis).await;
     let broken = format!("redis://{}", redis_proxy.addr);
     let w = Watcher::start(
@@ -554,14 +559,7 @@ async fn a_change_that_keeps_failing_goes_to_the_dead_letter_stream() {
         (w.metric("dp_watcher_changes_dead_total").await >= 1.0).then_some(())
     })
     .await;
-    let nats = env.nats().await;
-    let jetstream = async_nats::jetstream::new(nats);
-    let mut dead = jetstream
-        .get_stream(format!("{}_dead", env.namespace))
-        .await
-        .expect("the dead-letter stream");
-    let info = dead.info().await.expect("info");
-    assert_eq!(info.state.messages, 1);
+    assert_eq!(env.stream_messages("dead").await, 1);
     env.cleanup().await;
 }
 

@@ -70,13 +70,8 @@ async fn parked_ping_wakes_on_change_and_the_next_one_parks() {
         w1.metric("dp_watcher_changes_woken_at_ingest_total").await,
         1.0
     );
-    let jetstream = async_nats::jetstream::new(env.nats().await);
-    for (stream, held) in [("woken", 1), ("changes", 0)] {
-        let name = format!("{}_{stream}", env.namespace);
-        let mut stream = jetstream.get_stream(&name).await.expect("the stream");
-        let info = stream.info().await.expect("its info");
-        assert_eq!(info.state.messages, held, "{name}");
-    }
+    assert_eq!(env.stream_messages("woken").await, 1);
+    assert_eq!(env.stream_messages("changes").await, 0);
     let mut wakes = 0.0;
     for w in [&w1, &w2] {
         wakes += w.metric("dp_watcher_wakes_sent_total").await;

@@ -460,11 +460,7 @@ async fn round(env: &Env, w: &Watcher, heard: &Heard, when: &str, changes: &mut 
 #[tokio::test]
 async fn redis_is_used_again_within_seconds_of_an_outage() {
     let env = Env::new().await;
-    let redis: std::net::SocketAddr = env
-        .redis_url
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("REDIS_URL is redis://ip:port");
+    let redis = env.redis_addr();
     let proxy = dp_testkit::Proxy::start(redis).await;
     let url = format!("redis://{}", proxy.addr);
     let servers = dp_runtime::redis::RedisServers::parse("single", &url, None, 1000)

@@ -11,7 +11,7 @@
 //! never a loss.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -35,11 +35,28 @@ pub(crate) struct AtIngest {
     redis: OnceLock<Redis>,
     /// Until when (ms since the epoch) the path rests after a failure.
     resting_until_ms: AtomicU64,
+    /// JetStream refused the last write. Until one succeeds (and the rest is over), changes
+    /// are not woken here: a wake comes before the write, so a producer retrying its 503 would
+    /// wake the mailbox's devices on every try, a storm (I2) the dispatcher's path never made.
+    stream_trouble: AtomicBool,
 }
 
 impl AtIngest {
     pub(crate) fn connected(&self, redis: Redis) {
         let _ = self.redis.set(redis);
+    }
+
+    /// Whether JetStream took a request's changes (woken or not).
+    pub(crate) fn stream_answered(&self, took: bool) {
+        if !took {
+            self.rest();
+        }
+        self.stream_trouble.store(!took, Ordering::Relaxed);
+    }
+
+    fn rest(&self) {
+        let until = dp_runtime::now_ms() + REST.as_millis() as u64;
+        self.resting_until_ms.store(until, Ordering::Relaxed);
     }
 
     /// Bumps and wakes `changes`, accepted at `accepted_us`, and flushes the wakes; answers
@@ -54,7 +71,9 @@ impl AtIngest {
         let Some(redis) = self.redis.get().filter(|_| shared.config.wake_at_ingest) else {
             return woken;
         };
-        if dp_runtime::now_ms() < self.resting_until_ms.load(Ordering::Relaxed) {
+        if self.stream_trouble.load(Ordering::Relaxed)
+            || dp_runtime::now_ms() < self.resting_until_ms.load(Ordering::Relaxed)
+        {
             return woken;
         }
         let groups = grouped(shared, changes, accepted_us);
@@ -67,23 +86,15 @@ impl AtIngest {
             }
         }
         // Unflushed, no wake is sure to have left: none counts as woken.
-        let flushed = match tokio::time::timeout(TIMEOUT, shared.nats.flush()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                failure = Some(format!("NATS flush: {err}"));
-                false
-            }
-            Err(_) => {
-                failure = Some("NATS flush timed out".into());
-                false
-            }
-        };
+        let flushed = flush(shared).await;
+        if let Err(reason) = &flushed {
+            failure = Some(reason.clone());
+        }
         if let Some(reason) = failure {
-            let until = dp_runtime::now_ms() + REST.as_millis() as u64;
-            self.resting_until_ms.store(until, Ordering::Relaxed);
+            self.rest();
             tracing::warn!(%reason, rest_ms = REST.as_millis() as u64, "a wake at the ingest failed; the dispatcher makes it, and changes skip the ingest's wake for a while");
         }
-        if !flushed {
+        if flushed.is_err() {
             return woken;
         }
         let lag = dp_runtime::now_us().saturating_sub(accepted_us) as f64 / 1e6;
@@ -95,6 +106,14 @@ impl AtIngest {
         shared.metrics.changes_woken_at_ingest.inc_by(count);
         shared.metrics.changes_dispatched.inc_by(count);
         woken
+    }
+}
+
+async fn flush(shared: &Shared) -> Result<(), String> {
+    match tokio::time::timeout(TIMEOUT, shared.nats.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("NATS flush: {err}")),
+        Err(_) => Err("NATS flush timed out".into()),
     }
 }
 
