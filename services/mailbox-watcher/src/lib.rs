@@ -109,7 +109,21 @@ async fn current_stream(shared: &Shared, config: stream::Config) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("updating the stream {name}: {e}"))?;
         tracing::info!(stream = %name, "stream settings updated");
     }
+    until_led(&mut stream, &name).await;
     Ok(stream)
+}
+
+/// Waits (10 s at most) until a replicated stream has elected its leader: until then its
+/// subjects have no responder, and a change written to it would be refused with 503.
+async fn until_led(stream: &mut stream::Stream, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        match stream.info().await {
+            Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => return,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    tracing::warn!(stream = %name, "the stream has no leader after 10 s; changes to it are refused until it has one");
 }
 
 /// Runs a watcher until `drain` fires. `ingest` is the ingest API's listener (with the ingest
