@@ -49,7 +49,7 @@ pub struct Shared {
     at_ingest: dispatch::at_ingest::AtIngest,
 }
 
-/// Creates the change stream and the dead-letter stream if they are missing, and applies
+/// Creates the change, dead-letter and woken streams if they are missing, and applies
 /// changed settings to existing ones (a new CHANGES_MAX_AGE_HOURS takes effect at start-up).
 async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
     let storage = if shared.config.memory_storage {
