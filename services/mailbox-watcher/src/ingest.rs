@@ -10,9 +10,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use std::future::IntoFuture;
 use tracing::Instrument;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use base64::Engine as _;
 use bytes::Bytes;
 use dp_proto::events::ChangeEvent;
@@ -254,14 +254,27 @@ async fn write(
                     .await
             }
         };
-        pending.push(published.map_err(|e| e.to_string())?);
+        let ack = published.map_err(|e| e.to_string())?;
+        pending.push(async move { (woken, ack.await) });
     }
-    let acks = futures::future::try_join_all(pending.into_iter().map(|ack| ack.into_future()));
-    match tokio::time::timeout(DURABLE_TIMEOUT, acks).await {
-        Ok(Ok(_)) => Ok(changes.len()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("JetStream did not acknowledge in time".into()),
+    let Ok(acks) = tokio::time::timeout(DURABLE_TIMEOUT, futures::future::join_all(pending)).await
+    else {
+        return Err("JetStream did not acknowledge in time".into());
+    };
+    let mut failure = None;
+    let mut woken_stream_missing = false;
+    for (woken, ack) in acks {
+        if let Err(err) = ack {
+            woken_stream_missing |= woken && err.kind() == PublishErrorKind::StreamNotFound;
+            failure.get_or_insert_with(|| err.to_string());
+        }
     }
+    if woken_stream_missing && shared.at_ingest.woken_stream_missing() {
+        // Bounded: the request is failing already, and must not wait long to say so.
+        let restore = crate::restore_woken_stream(shared);
+        let _ = tokio::time::timeout(Duration::from_secs(2), restore).await;
+    }
+    failure.map_or(Ok(changes.len()), Err)
 }
 
 #[cfg(test)]

@@ -49,42 +49,68 @@ pub struct Shared {
     at_ingest: dispatch::at_ingest::AtIngest,
 }
 
-/// Creates the change, dead-letter and woken streams if they are missing, and applies
-/// changed settings to existing ones (a new CHANGES_MAX_AGE_HOURS takes effect at start-up).
-async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
+/// The change stream's settings; the dead-letter and woken streams derive theirs from it.
+fn changes_config(shared: &Shared) -> stream::Config {
     let storage = if shared.config.memory_storage {
         stream::StorageType::Memory
     } else {
         stream::StorageType::File
     };
-    let changes = stream::Config {
+    stream::Config {
         name: shared.subjects.stream(),
         subjects: vec![shared.subjects.all_changes()],
         storage,
         max_age: shared.config.changes_max_age,
         num_replicas: shared.config.changes_replicas,
         ..Default::default()
-    };
+    }
+}
+
+/// Changes woken as they came in (WAKE_AT_INGEST), kept as the others are but out of the
+/// dispatchers' way: delivering and acknowledging them would cost NATS two messages each.
+fn woken_config(shared: &Shared) -> stream::Config {
+    stream::Config {
+        name: shared.subjects.woken_stream(),
+        subjects: vec![shared.subjects.all_woken()],
+        ..changes_config(shared)
+    }
+}
+
+/// Creates the change, dead-letter and woken streams if they are missing, and applies
+/// changed settings to existing ones (a new CHANGES_MAX_AGE_HOURS takes effect at start-up).
+async fn ensure_stream(shared: &Shared) -> anyhow::Result<stream::Stream> {
+    let changes = changes_config(shared);
     let dead = stream::Config {
         name: shared.subjects.dead_stream(),
         subjects: vec![shared.subjects.all_dead()],
-        storage,
         max_age: Duration::from_secs(7 * 86_400),
-        num_replicas: shared.config.changes_replicas,
-        ..Default::default()
-    };
-    // Changes woken as they came in (WAKE_AT_INGEST), kept as the others are but out of the
-    // dispatchers' way: delivering and acknowledging them would cost NATS two messages each.
-    let woken = stream::Config {
-        name: shared.subjects.woken_stream(),
-        subjects: vec![shared.subjects.all_woken()],
         ..changes.clone()
     };
     let stream = current_stream(shared, changes).await?;
     current_stream(shared, dead).await?;
-    current_stream(shared, woken).await?;
+    current_stream(shared, woken_config(shared)).await?;
     shared.stream_ready.store(true, Ordering::Release);
     Ok(stream)
+}
+
+/// Creates the woken stream again when a write found none (an operator deleted it, or it was
+/// lost with its only NATS node). No consumer reads it, so a new one loses nothing; without
+/// one, every change woken at the ingest would be refused (503) until a restart. The change
+/// stream is not recreated this way: its consumer would be new too, and would deliver every
+/// change again (see `dispatcher`).
+pub(crate) async fn restore_woken_stream(shared: &Shared) {
+    let config = woken_config(shared);
+    let name = config.name.clone();
+    if shared.jetstream.get_stream(&name).await.is_ok() {
+        // It exists (a stream without a leader for the moment refuses writes the same way).
+        return;
+    }
+    match shared.jetstream.create_stream(config).await {
+        Ok(_) => tracing::warn!(stream = %name, "the woken stream was missing; created it again"),
+        Err(err) => {
+            tracing::warn!(stream = %name, error = %err, "the woken stream is missing and could not be created")
+        }
+    }
 }
 
 async fn current_stream(shared: &Shared, config: stream::Config) -> anyhow::Result<stream::Stream> {
@@ -109,7 +135,9 @@ async fn current_stream(shared: &Shared, config: stream::Config) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("updating the stream {name}: {e}"))?;
         tracing::info!(stream = %name, "stream settings updated");
     }
-    until_led(&mut stream, &name).await;
+    if info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) {
+        until_led(&mut stream, &name).await;
+    }
     Ok(stream)
 }
 

@@ -57,14 +57,40 @@ pub fn mark(shared: &Arc<Shared>, mailbox: &str, until_ms: u64) {
                 Ok(Err(err)) => err.to_string(),
                 Err(_) => "timed out".to_owned(),
             };
-            let retry_at = dp_runtime::now_ms() + pause.as_millis() as u64;
+            let wait = jittered(pause);
+            let retry_at = dp_runtime::now_ms() + wait.as_millis() as u64;
             if retry_at >= until_ms {
                 tracing::warn!(%mailbox, error = %err, "could not record the mailbox for the IMAP watcher; its mail wakes no Ping until the device's next Ping");
                 return;
             }
-            tracing::debug!(%mailbox, error = %err, retry_in_ms = pause.as_millis() as u64, "could not record the mailbox for the IMAP watcher; trying again");
-            tokio::time::sleep(pause).await;
+            tracing::debug!(%mailbox, error = %err, retry_in_ms = wait.as_millis() as u64, "could not record the mailbox for the IMAP watcher; trying again");
+            tokio::time::sleep(wait).await;
             pause = (pause * 2).min(RETRY_MOST);
         }
     });
+}
+
+/// Half to all of `pause`, at random: the marks of every Ping parked when Redis went away fail
+/// together, and must not all come back in the same instant when it returns.
+fn jittered(pause: Duration) -> Duration {
+    pause.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_spread_over_the_second_half_of_the_pause() {
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(RETRY_MOST)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= RETRY_MOST / 2 && *w <= RETRY_MOST));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "spread, not one instant: {}",
+            distinct.len()
+        );
+    }
 }

@@ -202,6 +202,38 @@ async fn a_retried_change_is_not_woken_again_while_the_stream_refuses_it() {
     env.cleanup().await;
 }
 
+/// A woken stream that has gone (an operator deleted it, or it was lost with its NATS node) is
+/// created again by the first write that misses it, and changes are woken at the ingest again
+/// once that path's rest is over: not refused with 503 until the watcher restarts.
+#[tokio::test]
+async fn a_deleted_woken_stream_is_created_again() {
+    let env = Env::new().await;
+    let w = Watcher::start(&env, "w", &[]).await;
+    let jetstream = async_nats::jetstream::new(env.nats().await);
+    let name = format!("{}_woken", env.namespace);
+    jetstream
+        .delete_stream(&name)
+        .await
+        .expect("the woken stream deleted");
+    let body = serde_json::json!({"mailbox": "lou", "folders": ["1"]});
+    assert_eq!(w.ingest(&env, &body).await.status, 503);
+    jetstream
+        .get_stream(&name)
+        .await
+        .expect("the woken stream created again by the write that missed it");
+    wait_for(
+        "a change woken at the ingest again",
+        10 * SECOND,
+        || async {
+            assert_eq!(w.ingest(&env, &body).await.status, 202);
+            (w.metric("dp_watcher_changes_woken_at_ingest_total").await >= 2.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(env.stream_messages("woken").await, 1);
+    env.cleanup().await;
+}
+
 /// 8. A pod's NATS connection is cut and restored; a change made during the cut (whose wake
 ///    NATS drops, since the pod is not subscribed) still reaches the parked device.
 #[tokio::test]

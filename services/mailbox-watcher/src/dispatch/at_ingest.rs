@@ -39,6 +39,8 @@ pub(crate) struct AtIngest {
     /// are not woken here: a wake comes before the write, so a producer retrying its 503 would
     /// wake the mailbox's devices on every try, a storm (I2) the dispatcher's path never made.
     stream_trouble: AtomicBool,
+    /// When (ms since the epoch) a write last found the woken stream missing.
+    missing_at_ms: AtomicU64,
 }
 
 impl AtIngest {
@@ -52,6 +54,18 @@ impl AtIngest {
             self.rest();
         }
         self.stream_trouble.store(!took, Ordering::Relaxed);
+    }
+
+    /// A write found the woken stream missing: whether to create it again (once per REST, however
+    /// many requests fail meanwhile).
+    pub(crate) fn woken_stream_missing(&self) -> bool {
+        let now = dp_runtime::now_ms();
+        let last = self.missing_at_ms.load(Ordering::Relaxed);
+        now >= last + REST.as_millis() as u64
+            && self
+                .missing_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn rest(&self) {
