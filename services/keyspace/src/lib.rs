@@ -32,7 +32,7 @@ mod owner;
 mod proxy;
 pub use keys::{Device, Keyspace, Mode};
 pub use operator::{DeviceState, Epoch};
-pub use owner::Owner;
+pub use owner::{Ended, Owner};
 pub use proxy::{HierarchyChange, SyncStart, Synced};
 
 /// What a claim found.
@@ -113,7 +113,10 @@ impl Default for Scripts {
                 include_str!("scripts/claim.lua")
             )),
             bump: Script::new(include_str!("scripts/bump.lua")),
-            ack: Script::new(include_str!("scripts/ack.lua")),
+            ack: Script::new(concat!(
+                include_str!("scripts/release_owner.lua"),
+                include_str!("scripts/ack.lua")
+            )),
             check: Script::new(concat!(
                 include_str!("scripts/news.lua"),
                 include_str!("scripts/check.lua")
@@ -124,8 +127,14 @@ impl Default for Scripts {
                 include_str!("scripts/sync_start.lua")
             )),
             synced: Script::new(include_str!("scripts/synced.lua")),
-            reported: Script::new(include_str!("scripts/reported.lua")),
-            release: Script::new(include_str!("scripts/release.lua")),
+            reported: Script::new(concat!(
+                include_str!("scripts/release_owner.lua"),
+                include_str!("scripts/reported.lua")
+            )),
+            release: Script::new(concat!(
+                include_str!("scripts/release_owner.lua"),
+                include_str!("scripts/release.lua")
+            )),
             undelivered: Script::new(include_str!("scripts/undelivered.lua")),
         }
     }
@@ -255,22 +264,27 @@ impl Store {
     /// once the device's next Ping comes before `until_ms`; a later one hears it again.
     /// Returns false, recording nothing, when Redis no longer holds the device's state (lost
     /// since the claim): its next claim finds it new, and the frontend decides (I1).
+    /// The answered Ping's owner entry goes in the same round trip (see [`Store::release`]).
     pub async fn ack<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
+        ended: Ended<'_>,
         versions: &[FolderVersion],
         until_ms: u64,
     ) -> RedisResult<bool> {
         if versions.is_empty() {
-            return Ok(true);
+            return self.release(conn, device, ended).await.map(|_| true);
         }
         let mut invocation = self.scripts.ack.prepare_invoke();
         invocation
             .key(self.keys.notified(device.mailbox, device.device_id))
             .key(self.keys.unconfirmed(device.mailbox, device.device_id))
+            .key(self.keys.owners(device.mailbox))
             .arg(self.ttl_secs)
-            .arg(until_ms);
+            .arg(until_ms)
+            .arg(device.key)
+            .arg(ended.prefix());
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }
@@ -301,21 +315,21 @@ impl Store {
         Ok(Owner::parse(&owner))
     }
 
-    /// Forgets the owner entry of a Ping that has ended (request `request` on `pod`), unless
-    /// a newer Ping owns the device by now.
+    /// Forgets the owner entry of a Ping that has ended, unless a newer Ping owns the device by
+    /// now. (A Ping whose Status 2 is acknowledged, [`Store::ack`], or counted,
+    /// [`Store::reported`], needs no release: those do it.)
     pub async fn release<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
-        pod: &str,
-        request: u64,
+        ended: Ended<'_>,
     ) -> RedisResult<bool> {
         let released: i64 = self
             .scripts
             .release
             .key(self.keys.owners(device.mailbox))
             .arg(device.key)
-            .arg(format!("{pod}\t{request}\t"))
+            .arg(ended.prefix())
             .invoke_async(conn)
             .await?;
         Ok(released == 1)

@@ -31,6 +31,21 @@ impl Owner {
     }
 }
 
+/// A Ping that has ended (answered, or its client gone): the pod that held it and the request
+/// id that pod gave it. Its owner entry goes, unless a newer Ping owns the device by now.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended<'a> {
+    pub pod: &'a str,
+    pub request: u64,
+}
+
+impl Ended<'_> {
+    /// What the ended Ping's owner entry starts with (the scripts' `release_owner` compares it).
+    pub fn prefix(&self) -> String {
+        format!("{}\t{}\t", self.pod, self.request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

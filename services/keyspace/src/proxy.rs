@@ -5,7 +5,7 @@ use redis::RedisResult;
 
 use dp_proto::events::FolderVersion;
 
-use crate::{Device, Store};
+use crate::{Device, Ended, Store};
 
 /// One folder change a FolderSync response carried.
 pub enum HierarchyChange<'a> {
@@ -157,17 +157,21 @@ impl Store {
     }
 
     /// Counts a Status 2 written in proxy mode and what it reported; returns the count since
-    /// the last Sync.
+    /// the last Sync. The answered Ping's owner entry goes in the same round trip.
     pub async fn reported<C: ConnectionLike>(
         &self,
         conn: &mut C,
         device: Device<'_>,
+        ended: Ended<'_>,
         versions: &[FolderVersion],
     ) -> RedisResult<u32> {
         let mut invocation = self.scripts.reported.prepare_invoke();
         invocation
             .key(self.keys.sync_state(device.mailbox, device.device_id))
-            .arg(self.ttl_secs);
+            .key(self.keys.owners(device.mailbox))
+            .arg(self.ttl_secs)
+            .arg(device.key)
+            .arg(ended.prefix());
         for v in versions {
             invocation.arg(&v.id).arg(v.version);
         }

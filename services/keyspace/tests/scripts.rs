@@ -1,7 +1,7 @@
 //! The scripts on the real Redis: the claim/bump protocol of ARCHITECTURE.md section 3 in both
 //! orders, the parameter cache, I2 (no repeat after an ack), and supersession.
 
-use dp_keyspace::{Change, Check, Claim, Device, HierarchyChange, Mode, Owner, Store};
+use dp_keyspace::{Change, Check, Claim, Device, Ended, HierarchyChange, Mode, Owner, Store};
 use dp_proto::events::FolderVersion;
 use dp_proto::ids::device_key;
 use dp_proto::ping::{FolderClass, PingFolder, PingRequest};
@@ -21,6 +21,11 @@ async fn setup() -> (Store, redis::aio::MultiplexedConnection, String) {
         .await
         .expect("Redis at REDIS_URL (127.0.0.1:6379) must run");
     (Store::new(&ns, 600), conn, ns)
+}
+
+/// Request `request` of pod `pod`, ended.
+fn ended(pod: &str, request: u64) -> Ended<'_> {
+    Ended { pod, request }
 }
 
 fn rand_suffix() -> u64 {
@@ -195,7 +200,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
 
     // I2: once acknowledged, the same version is not reported again.
     store
-        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .ack(&mut conn, device, ended("a", 1), &changed, NOW + 60_000)
         .await
         .expect("ack");
     let again = store
@@ -238,7 +243,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
     );
     assert_eq!(changed.len(), 1);
     store
-        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .ack(&mut conn, device, ended("a", 1), &changed, NOW + 60_000)
         .await
         .expect("ack");
     let late = NOW + 61_000;
@@ -259,7 +264,7 @@ async fn claim_then_bump_names_the_owner_and_bump_then_claim_reports_the_folder(
         "reported again after a late return"
     );
     store
-        .ack(&mut conn, device, &changed, late + 60_000)
+        .ack(&mut conn, device, ended("a", 1), &changed, late + 60_000)
         .await
         .expect("ack");
     let settled = store
@@ -502,7 +507,7 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
         assert_eq!(changed.len(), 1, "reported until synced");
         assert_eq!(repeats, expected_repeats);
         store
-            .reported(&mut conn, device, &changed)
+            .reported(&mut conn, device, ended("a", 1), &changed)
             .await
             .expect("reported");
     }
@@ -532,11 +537,11 @@ async fn proxy_mode_is_acknowledged_by_sync_and_knows_the_hierarchy() {
     assert_eq!(changed.len(), 1, "the change during the Sync is still news");
     assert_eq!(changed[0].version, version + 1);
     store
-        .reported(&mut conn, device, &changed)
+        .reported(&mut conn, device, ended("a", 1), &changed)
         .await
         .expect("reported");
     store
-        .reported(&mut conn, device, &changed)
+        .reported(&mut conn, device, ended("a", 1), &changed)
         .await
         .expect("reported");
     let Claim::Claimed { repeats, .. } = claim(8, PingRequest::default()).await else {
@@ -869,7 +874,7 @@ async fn an_ended_ping_releases_its_owner_entry_and_only_its_own() {
         .await
         .expect("claim");
     assert!(!store
-        .release(&mut conn, device, "a", 1)
+        .release(&mut conn, device, ended("a", 1))
         .await
         .expect("release"));
     assert_eq!(
@@ -878,10 +883,48 @@ async fn an_ended_ping_releases_its_owner_entry_and_only_its_own() {
         "the newer Ping keeps its entry"
     );
     assert!(store
-        .release(&mut conn, device, "b", 2)
+        .release(&mut conn, device, ended("b", 2))
         .await
         .expect("release"));
     assert_eq!(owners(conn.clone()).await, 0);
+    // An answered Ping's acknowledgement releases it in the same round trip (standalone: ack;
+    // proxy: reported), and again never a newer Ping's entry.
+    let reported = [FolderVersion {
+        id: "1".into(),
+        version: 1,
+    }];
+    for (request, mode) in [(3, Mode::Standalone), (4, Mode::Proxy)] {
+        store
+            .claim(
+                &mut conn,
+                device,
+                &owner("c", request),
+                &full(60, &["1"]),
+                NOW,
+                mode,
+            )
+            .await
+            .expect("claim");
+        let stale = ended("c", request - 1);
+        let answered = ended("c", request);
+        for (ping, left) in [(stale, 1), (answered, 0)] {
+            match mode {
+                Mode::Standalone => {
+                    store
+                        .ack(&mut conn, device, ping, &reported, NOW + 60_000)
+                        .await
+                        .expect("ack");
+                }
+                Mode::Proxy => {
+                    store
+                        .reported(&mut conn, device, ping, &reported)
+                        .await
+                        .expect("reported");
+                }
+            }
+            assert_eq!(owners(conn.clone()).await, left, "{mode:?}, {ping:?}");
+        }
+    }
     cleanup(&mut conn, &store).await;
 }
 
@@ -953,7 +996,7 @@ async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_ne
     // Redis restarts empty while that Status 2 is being written; its ack comes after.
     cleanup(&mut conn, &store).await;
     let recorded = store
-        .ack(&mut conn, device, &reported, NOW + 60_000)
+        .ack(&mut conn, device, ended("a", 1), &reported, NOW + 60_000)
         .await
         .expect("ack");
     assert!(!recorded, "nothing is recorded for a device Redis forgot");
@@ -962,7 +1005,7 @@ async fn an_answer_acknowledged_after_a_loss_of_redis_state_leaves_the_device_ne
     let claim = claim_5_6(&store, &mut conn, device, 3, Mode::Standalone).await;
     let changed = assert_new_with_the_change_since_the_loss(claim);
     let recorded = store
-        .ack(&mut conn, device, &changed, NOW + 60_000)
+        .ack(&mut conn, device, ended("a", 1), &changed, NOW + 60_000)
         .await
         .expect("ack");
     assert!(recorded, "an ack within the state it came from is recorded");

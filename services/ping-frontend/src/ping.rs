@@ -593,6 +593,7 @@ pub async fn finish<S: Transport>(
         protocol_version: context.protocol_version.clone(),
         user_agent: context.user_agent.clone(),
     };
+    let mut released = false;
     let written = match ended {
         Err(ClientGone) => {
             count(shared, "client_gone", "");
@@ -619,16 +620,21 @@ pub async fn finish<S: Transport>(
             row.effective_heartbeat = finished.heartbeat;
             row.changed_folders = finished.response.folders;
             // A drained device must reconnect, and reach another pod.
-            written.map(|unconfirmed| Reply {
-                keep_alive: context.keep_alive && finished.outcome != "drained",
-                unconfirmed,
+            written.map(|answered| {
+                released = answered.released;
+                Reply {
+                    keep_alive: context.keep_alive && finished.outcome != "drained",
+                    unconfirmed: answered.unconfirmed,
+                }
             })
         }
     };
     row.ended_at = Utc::now();
     shared.history.record(row);
-    // Boxed: its Redis future is larger than a parked Ping's state, and would size every one.
-    Box::pin(release(shared, context)).await;
+    if !released {
+        // Boxed: its Redis future is larger than a parked Ping's state, and would size every one.
+        Box::pin(release(shared, context)).await;
+    }
     written
 }
 
@@ -636,11 +642,24 @@ pub async fn finish<S: Transport>(
 /// failure only leaves it to expire, as before.
 async fn release(shared: &Shared, context: &Context) {
     let mut redis = shared.redis.clone();
-    let pod = &shared.config.common.pod;
     let released = shared
         .store
-        .release(&mut redis, context.device(), pod, context.request_id);
+        .release(&mut redis, context.device(), ended(shared, context));
     let _ = tokio::time::timeout(shared.config.redis_timeout, released).await;
+}
+
+fn ended<'a>(shared: &'a Shared, context: &Context) -> dp_keyspace::Ended<'a> {
+    dp_keyspace::Ended {
+        pod: &shared.config.common.pod,
+        request: context.request_id,
+    }
+}
+
+/// A written answer: the Status 2 whose delivery the connection's end will tell, and whether
+/// its acknowledgement released the Ping's owner entry already.
+struct Answered {
+    unconfirmed: Option<Box<Unconfirmed>>,
+    released: bool,
 }
 
 async fn answer<S: Transport>(
@@ -648,8 +667,12 @@ async fn answer<S: Transport>(
     stream: &mut S,
     context: &Context,
     finished: &Finished,
-) -> std::io::Result<Option<Box<Unconfirmed>>> {
+) -> std::io::Result<Answered> {
     let keep_alive = context.keep_alive && finished.outcome != "drained";
+    let mut answered = Answered {
+        unconfirmed: None,
+        released: false,
+    };
     if let Some(code) = finished.http {
         count(shared, finished.outcome, "");
         shared.count_http(code);
@@ -661,7 +684,7 @@ async fn answer<S: Transport>(
             response::error(code, message, &[], !keep_alive)
         };
         stream.write_all(&bytes).await?;
-        return Ok(None);
+        return Ok(answered);
     }
     let status = finished.response.status.code();
     count(shared, finished.outcome, status_label(status));
@@ -672,10 +695,10 @@ async fn answer<S: Transport>(
         shared.metrics.observe_answer(&clock, dp_runtime::now_us());
     }
     if finished.reported.is_empty() {
-        return Ok(None);
+        return Ok(answered);
     }
-    acknowledge(shared, context, finished).await;
-    Ok(match shared.mode() {
+    answered.released = acknowledge(shared, context, finished).await;
+    answered.unconfirmed = match shared.mode() {
         dp_keyspace::Mode::Standalone => Some(Box::new(Unconfirmed {
             mailbox: context.mailbox.clone(),
             device_id: context.device_id.clone(),
@@ -685,7 +708,8 @@ async fn answer<S: Transport>(
         })),
         // The device's Sync acknowledges: a lost answer is simply repeated.
         dp_keyspace::Mode::Proxy => None,
-    })
+    };
+    Ok(answered)
 }
 
 /// How a Ping's connection goes on after its answer.
@@ -697,8 +721,9 @@ pub struct Reply {
 
 /// After a Status 2 is written. Standalone: what it reported stands, unless the device comes
 /// back later than that Ping's heartbeat would have run out (see [`dp_keyspace::Store::ack`]).
-/// Proxy: nothing stands until the device syncs; the answer is only counted.
-async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
+/// Proxy: nothing stands until the device syncs; the answer is only counted. Either releases the
+/// Ping's owner entry in the same round trip; returns whether it did.
+async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) -> bool {
     let mut redis = shared.redis.clone();
     let device = context.device();
     let done = match shared.mode() {
@@ -706,9 +731,13 @@ async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
             // When this Ping's heartbeat would have run out: a device back sooner heard us.
             let until_ms = context.started_at.timestamp_millis().max(0) as u64
                 + u64::from(finished.heartbeat.unwrap_or(0)) * 1000;
-            let ack = shared
-                .store
-                .ack(&mut redis, device, &finished.reported, until_ms);
+            let ack = shared.store.ack(
+                &mut redis,
+                device,
+                ended(shared, context),
+                &finished.reported,
+                until_ms,
+            );
             match tokio::time::timeout(shared.config.redis_timeout, ack).await {
                 Ok(Ok(recorded)) => {
                     if !recorded {
@@ -721,9 +750,12 @@ async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
             }
         }
         dp_keyspace::Mode::Proxy => {
-            let counted = shared
-                .store
-                .reported(&mut redis, device, &finished.reported);
+            let counted = shared.store.reported(
+                &mut redis,
+                device,
+                ended(shared, context),
+                &finished.reported,
+            );
             tokio::time::timeout(shared.config.redis_timeout, counted)
                 .await
                 .is_ok_and(|r| r.is_ok())
@@ -734,4 +766,5 @@ async fn acknowledge(shared: &Shared, context: &Context, finished: &Finished) {
         shared.metrics.redis_errors.inc();
         tracing::warn!(mailbox = %device.mailbox, device = %device.device_id, "Status 2 not recorded in Redis; the device will hear of it again");
     }
+    done
 }

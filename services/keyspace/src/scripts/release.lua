@@ -1,10 +1,4 @@
--- release: run by the frontend once a Ping has ended: its owner entry goes, unless a newer
--- Ping already owns the device. Keeps the owners hash to the Pings still parked, which is what
--- bump reads on every change.
+-- release: run by the frontend once a Ping has ended without a Status 2 (one that reported
+-- folders releases in its ack or reported script, the same round trip).
 -- KEYS: 1 owners; ARGV: 1 device key, 2 the ended Ping's owner prefix "pod\trequest\t"
-local value = redis.call('HGET', KEYS[1], ARGV[1])
-if value and string.sub(value, 1, #ARGV[2]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
+return release_owner(KEYS[1], ARGV[1], ARGV[2])
