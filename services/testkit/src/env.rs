@@ -116,6 +116,23 @@ impl Env {
         stream.info().await.expect("its info").state.messages
     }
 
+    /// Deletes the namespace's stream `<ns>_<kind>`, as an operator might.
+    pub async fn delete_stream(&self, kind: &str) {
+        let jetstream = async_nats::jetstream::new(self.nats().await);
+        let name = format!("{}_{kind}", self.namespace);
+        jetstream
+            .delete_stream(&name)
+            .await
+            .expect("the stream deleted");
+    }
+
+    /// Whether the namespace's stream `<ns>_<kind>` exists.
+    pub async fn stream_exists(&self, kind: &str) -> bool {
+        let jetstream = async_nats::jetstream::new(self.nats().await);
+        let name = format!("{}_{kind}", self.namespace);
+        jetstream.get_stream(&name).await.is_ok()
+    }
+
     async fn try_nats(&self) -> anyhow::Result<async_nats::Client> {
         let servers = dp_runtime::nats::NatsServers::parse(&self.nats_url)?;
         Ok(servers.options().connect(servers.addresses()).await?)

@@ -184,11 +184,7 @@ async fn a_retried_change_is_not_woken_again_while_the_stream_refuses_it() {
     let env = Env::new().await;
     let w = Watcher::start(&env, "w", &[]).await;
     // Without the woken stream, writes to it fail as in an outage.
-    let jetstream = async_nats::jetstream::new(env.nats().await);
-    jetstream
-        .delete_stream(format!("{}_woken", env.namespace))
-        .await
-        .expect("the woken stream deleted");
+    env.delete_stream("woken").await;
     let body = serde_json::json!({"mailbox": "kim", "folders": ["1"]});
     assert_eq!(w.ingest(&env, &body).await.status, 503);
     assert_eq!(w.ingest(&env, &body).await.status, 202, "the retry");
@@ -209,18 +205,13 @@ async fn a_retried_change_is_not_woken_again_while_the_stream_refuses_it() {
 async fn a_deleted_woken_stream_is_created_again() {
     let env = Env::new().await;
     let w = Watcher::start(&env, "w", &[]).await;
-    let jetstream = async_nats::jetstream::new(env.nats().await);
-    let name = format!("{}_woken", env.namespace);
-    jetstream
-        .delete_stream(&name)
-        .await
-        .expect("the woken stream deleted");
+    env.delete_stream("woken").await;
     let body = serde_json::json!({"mailbox": "lou", "folders": ["1"]});
     assert_eq!(w.ingest(&env, &body).await.status, 503);
-    jetstream
-        .get_stream(&name)
-        .await
-        .expect("the woken stream created again by the write that missed it");
+    assert!(
+        env.stream_exists("woken").await,
+        "the woken stream created again by the write that missed it"
+    );
     wait_for(
         "a change woken at the ingest again",
         10 * SECOND,
