@@ -137,9 +137,10 @@ pub struct Matched {
     /// (change sent at, device) pairs the device did not hear of within the window.
     pub misses: Vec<(u64, usize)>,
     /// Proxy mode: changes a device heard of by the Sync it sent after reading an earlier
-    /// Status 2, not by a wake: made between that Status 2 and the Sync, the change is in what
-    /// the Sync brings, so no Status 2 is owed for it (the proxy's baseline moves with the
-    /// Sync). They have no latency of their own.
+    /// Status 2, not by a wake: made before that Sync was answered, the change may be in what
+    /// the Sync brings (the proxy reads the Sync's baseline before forwarding it, so a change
+    /// that reached Redis first is in it), and then no Status 2 is owed for it. They have no
+    /// latency of their own.
     pub heard_by_sync: usize,
     pub refused: usize,
     /// Status 2 answers no change needed: no change was waiting for them (what a lost Redis

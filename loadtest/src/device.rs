@@ -75,8 +75,7 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
         })
     };
     if plan.proxy {
-        synced();
-        if let Err(kind) = enrol(&mut device).await {
+        if let Err(kind) = enrol(&mut device).await.map(|()| synced()) {
             report(Event::Error {
                 device: number,
                 kind,
@@ -109,9 +108,14 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
                         at_us: now_us(),
                     });
                     // Proxy mode: the report stands until the device syncs, as a phone does.
+                    // The Sync is stamped once answered: a change that reached the server
+                    // while the Sync was on its way may be in it (the proxy reads its baseline
+                    // before forwarding), and then no Status 2 is owed for it.
                     if plan.proxy {
-                        synced();
-                        sync(&mut device, &answer.folders).await.err()
+                        sync(&mut device, &answer.folders)
+                            .await
+                            .map(|()| synced())
+                            .err()
                     } else {
                         None
                     }

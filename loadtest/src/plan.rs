@@ -80,7 +80,7 @@ pub struct Heartbeat {
 pub enum Event {
     /// `W <device> <unix µs>`: the device read a Status 2.
     Woke { device: usize, at_us: u64 },
-    /// `S <device> <unix µs>`: proxy mode, the device sent a Sync.
+    /// `S <device> <unix µs>`: proxy mode, a Sync of the device's was answered 200.
     Synced { device: usize, at_us: u64 },
     /// `E <device> <kind>`: a failed Ping, by kind.
     Error { device: usize, kind: String },

@@ -50,7 +50,7 @@ pub struct RunArgs {
 #[derive(Default)]
 pub struct Collected {
     pub wakes: Vec<(usize, u64)>,
-    /// Proxy mode: (device, at µs) of each Sync sent.
+    /// Proxy mode: (device, at µs) of each Sync's answer.
     pub syncs: Vec<(usize, u64)>,
     pub errors: BTreeMap<String, u64>,
     /// (device, seconds, at µs)
