@@ -68,14 +68,8 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
     let report = |event| {
         let _ = shared.events.send(event);
     };
-    let synced = || {
-        report(Event::Synced {
-            device: number,
-            at_us: now_us(),
-        })
-    };
     if plan.proxy {
-        if let Err(kind) = enrol(&mut device).await.map(|()| synced()) {
+        if let Err(kind) = enrol(&mut device).await.map(|()| synced(&report, number)) {
             report(Event::Error {
                 device: number,
                 kind,
@@ -83,71 +77,91 @@ pub async fn run(number: usize, shared: Arc<Shared>) {
         }
     }
     loop {
-        let body = ping_body(heartbeat.current, &FOLDERS);
-        let wait =
-            Duration::from_secs_f64(f64::from(heartbeat.current) + plan.heartbeat.grace_secs);
-        let failure = match tokio::time::timeout(wait, device.ping(Some(&body))).await {
-            Err(_) => {
-                // Nothing came back in time: the connection is dead somewhere on the way.
-                device.move_to(device.addr);
-                if let Some(seconds) = heartbeat.timed_out() {
-                    report(Event::Heartbeat {
-                        device: number,
-                        seconds,
-                        at_us: now_us(),
-                    });
-                }
-                Some("timeout".to_owned())
-            }
-            Ok(Err(e)) => Some(format!("io-{:?}", e.kind()).to_lowercase()),
-            Ok(Ok(response)) if response.status != 200 => Some(format!("http-{}", response.status)),
-            Ok(Ok(response)) => match PingResponse::parse(&response.body) {
-                Ok(answer) if answer.status == PingStatus::Changes => {
-                    report(Event::Woke {
-                        device: number,
-                        at_us: now_us(),
-                    });
-                    // Proxy mode: the report stands until the device syncs, as a phone does.
-                    // The Sync is stamped once answered: a change that reached the server
-                    // while the Sync was on its way may be in it (the proxy reads its baseline
-                    // before forwarding), and then no Status 2 is owed for it.
-                    if plan.proxy {
-                        sync(&mut device, &answer.folders)
-                            .await
-                            .map(|()| synced())
-                            .err()
-                    } else {
-                        None
-                    }
-                }
-                Ok(answer) if answer.status == PingStatus::Expired => {
-                    if let Some(seconds) = heartbeat.answered() {
-                        report(Event::Heartbeat {
-                            device: number,
-                            seconds,
-                            at_us: now_us(),
-                        });
-                    }
-                    None
-                }
-                Ok(answer) => Some(format!("status-{}", answer.status.code())),
-                Err(_) => Some("bad-body".to_owned()),
-            },
+        let Some(kind) = ping(&mut device, &mut heartbeat, plan, number, &report).await else {
+            continue;
         };
-        if let Some(kind) = failure {
-            let timed_out = kind == "timeout";
-            report(Event::Error {
-                device: number,
-                kind,
-            });
-            if !timed_out {
-                // Lost or refused: wait a client-like moment, then try any frontend.
-                let jitter = rand::thread_rng().gen_range(0..=plan.jitter_ms.max(1));
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-                at = elsewhere(at, plan.frontends.len());
-                device.move_to(plan.frontends[at]);
-            }
+        let timed_out = kind == "timeout";
+        report(Event::Error {
+            device: number,
+            kind,
+        });
+        if !timed_out {
+            // Lost or refused: wait a client-like moment, then try any frontend.
+            let jitter = rand::thread_rng().gen_range(0..=plan.jitter_ms.max(1));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+            at = elsewhere(at, plan.frontends.len());
+            device.move_to(plan.frontends[at]);
         }
+    }
+}
+
+/// Proxy mode: a Sync of device `number` was answered now.
+fn synced(report: &impl Fn(Event), number: usize) {
+    report(Event::Synced {
+        device: number,
+        at_us: now_us(),
+    })
+}
+
+/// One Ping and what the device does with its answer; the kind of failure, if it failed.
+async fn ping(
+    device: &mut Device,
+    heartbeat: &mut Adaptive,
+    plan: &Plan,
+    number: usize,
+    report: &impl Fn(Event),
+) -> Option<String> {
+    let body = ping_body(heartbeat.current, &FOLDERS);
+    let wait = Duration::from_secs_f64(f64::from(heartbeat.current) + plan.heartbeat.grace_secs);
+    let response = match tokio::time::timeout(wait, device.ping(Some(&body))).await {
+        Err(_) => {
+            // Nothing came back in time: the connection is dead somewhere on the way.
+            device.move_to(device.addr);
+            if let Some(seconds) = heartbeat.timed_out() {
+                report(Event::Heartbeat {
+                    device: number,
+                    seconds,
+                    at_us: now_us(),
+                });
+            }
+            return Some("timeout".to_owned());
+        }
+        Ok(Err(e)) => return Some(format!("io-{:?}", e.kind()).to_lowercase()),
+        Ok(Ok(response)) if response.status != 200 => {
+            return Some(format!("http-{}", response.status))
+        }
+        Ok(Ok(response)) => response,
+    };
+    match PingResponse::parse(&response.body) {
+        Ok(answer) if answer.status == PingStatus::Changes => {
+            report(Event::Woke {
+                device: number,
+                at_us: now_us(),
+            });
+            if !plan.proxy {
+                return None;
+            }
+            // Proxy mode: the report stands until the device syncs, as a phone does. The Sync
+            // is stamped once answered: a change that reached the server while the Sync was on
+            // its way may be in it (the proxy reads its baseline before forwarding), and then
+            // no Status 2 is owed for it.
+            sync(device, &answer.folders)
+                .await
+                .map(|()| synced(report, number))
+                .err()
+        }
+        Ok(answer) if answer.status == PingStatus::Expired => {
+            if let Some(seconds) = heartbeat.answered() {
+                report(Event::Heartbeat {
+                    device: number,
+                    seconds,
+                    at_us: now_us(),
+                });
+            }
+            None
+        }
+        Ok(answer) => Some(format!("status-{}", answer.status.code())),
+        Err(_) => Some("bad-body".to_owned()),
     }
 }
 

@@ -164,19 +164,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let nats = config
-        .common
-        .nats
-        .options()
-        .name(format!("mailbox-watcher/{}", config.common.pod))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64 * 100).min(2000))
-        })
-        .connect(config.common.nats.addresses())
-        .await
-        .context("NATS_URL")?;
+    let nats = connect_nats(&config).await?;
     let shared = Arc::new(Shared {
         jetstream: jetstream::new(nats.clone()),
         store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs()),
@@ -194,26 +182,70 @@ pub async fn run(
         dp_runtime::admin::router(Arc::new(registry), readiness(shared.clone())),
         drain.clone(),
     ));
-    let stream = loop {
-        match ensure_stream(&shared).await {
-            Ok(stream) => break stream,
+    let Some(stream) = wait_for_stream(&shared, &mut drain).await else {
+        return Ok(());
+    };
+    let tasks = start_roles(&shared, ingest, stream, &drain).await?;
+    tracing::info!(pod = %shared.config.common.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, imap = shared.config.imap.is_some(), "mailbox-watcher running");
+    drain.signalled().await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// NATS, retried for ever: the watcher waits for it rather than exit.
+async fn connect_nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    config
+        .common
+        .nats
+        .options()
+        .name(format!("mailbox-watcher/{}", config.common.pod))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(2000))
+        })
+        .connect(config.common.nats.addresses())
+        .await
+        .context("NATS_URL")
+}
+
+/// The change stream, once JetStream answers; `None` when the drain comes first.
+async fn wait_for_stream(shared: &Shared, drain: &mut Drain) -> Option<stream::Stream> {
+    loop {
+        match ensure_stream(shared).await {
+            Ok(stream) => return Some(stream),
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "waiting for JetStream");
                 tokio::select! {
-                    _ = drain.signalled() => return Ok(()),
+                    _ = drain.signalled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
         }
-    };
-    let mut tasks = Vec::new();
+    }
+}
+
+type Task = tokio::task::JoinHandle<Result<(), std::io::Error>>;
+
+/// Starts the roles the configuration asks for: the ingest API, the dispatcher, the IMAP
+/// watcher. Each runs until the drain.
+async fn start_roles(
+    shared: &Arc<Shared>,
+    ingest: Option<TcpListener>,
+    stream: stream::Stream,
+    drain: &Drain,
+) -> anyhow::Result<Vec<Task>> {
+    let mut tasks: Vec<Task> = Vec::new();
     if let Some(listener) = ingest.filter(|_| shared.config.ingest) {
         let router = ingest::router(shared.clone());
-        let drain = drain.clone();
-        tasks.push(tokio::spawn(async move {
-            dp_runtime::admin::serve(listener, router, drain).await?;
-            Ok::<_, std::io::Error>(())
-        }));
+        tasks.push(tokio::spawn(dp_runtime::admin::serve(
+            listener,
+            router,
+            drain.clone(),
+        )));
     }
     if shared.config.dispatch {
         let redis = shared
@@ -244,13 +276,7 @@ pub async fn run(
             Ok(())
         }));
     }
-    tracing::info!(pod = %shared.config.common.pod, ingest = shared.config.ingest, dispatch = shared.config.dispatch, imap = shared.config.imap.is_some(), "mailbox-watcher running");
-    drain.signalled().await;
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = admin_task.await;
-    Ok(())
+    Ok(tasks)
 }
 
 /// Runs the dispatch loop until the drain. If its consumer goes away (deleted, the stream

@@ -27,6 +27,36 @@ pub struct ImapMetrics {
     pub changes: Counter,
 }
 
+impl ImapMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "imap_watched",
+            "Mailboxes this replica watches over IMAP",
+            self.watched.clone(),
+        );
+        r.register(
+            "imap_over_capacity",
+            "Mailboxes this replica should watch but IMAP_MAX_CONNECTIONS leaves unwatched",
+            self.over_capacity.clone(),
+        );
+        r.register(
+            "imap_reconnects",
+            "IMAP watch sessions that failed and were started again",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "imap_sessions",
+            "IMAP watch sessions established and caught up",
+            self.sessions.clone(),
+        );
+        r.register(
+            "imap_changes",
+            "Changes the IMAP role found and made durable",
+            self.changes.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub imap: ImapMetrics,
     pub store_folders: Family<WatchedLabels, Counter>,
@@ -59,6 +89,7 @@ impl Metrics {
             pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_watcher");
+        metrics.imap.register(r);
         r.register(
             "ingest_requests",
             "Ingest API requests by HTTP code",
@@ -108,31 +139,6 @@ impl Metrics {
             "dispatch_lag_seconds",
             "From a change's acceptance to its dispatch",
             metrics.dispatch_lag.clone(),
-        );
-        r.register(
-            "imap_watched",
-            "Mailboxes this replica watches over IMAP",
-            metrics.imap.watched.clone(),
-        );
-        r.register(
-            "imap_over_capacity",
-            "Mailboxes this replica should watch but IMAP_MAX_CONNECTIONS leaves unwatched",
-            metrics.imap.over_capacity.clone(),
-        );
-        r.register(
-            "imap_reconnects",
-            "IMAP watch sessions that failed and were started again",
-            metrics.imap.reconnects.clone(),
-        );
-        r.register(
-            "imap_sessions",
-            "IMAP watch sessions established and caught up",
-            metrics.imap.sessions.clone(),
-        );
-        r.register(
-            "imap_changes",
-            "Changes the IMAP role found and made durable",
-            metrics.imap.changes.clone(),
         );
         r.register(
             "jetstream_pending",

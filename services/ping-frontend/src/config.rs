@@ -252,8 +252,8 @@ fn tls_files(
 }
 
 impl FrontendArgs {
-    pub fn check(self) -> Result<Config, ConfigError> {
-        let common = self.common.check()?;
+    /// The numeric settings: within their bounds, and consistent with each other.
+    fn check_numbers(&self, common: &dp_runtime::Common) -> Result<(), ConfigError> {
         if self.min_heartbeat == 0 || self.min_heartbeat > self.max_heartbeat {
             return Err(ConfigError::new(
                 "MIN_HEARTBEAT",
@@ -288,21 +288,20 @@ impl FrontendArgs {
         positive("HISTORY_BATCH", self.history_batch as u64)?;
         positive("HISTORY_QUEUE", self.history_queue as u64)?;
         positive("AUTH_CACHE_SIZE", self.auth_cache_size as u64)?;
-        let tls = tls_files(
-            self.tls_cert,
-            self.tls_key,
-            self.tls_ticket_keys,
-            self.tls_reload_secs,
-        )?;
-        let jwt = match self.auth_mode.as_str() {
+        Ok(())
+    }
+
+    /// AUTH_MODE=jwt's settings, checked; `None` for the other modes.
+    fn jwt(&self) -> Result<Option<crate::jwt::JwtSettings>, ConfigError> {
+        Ok(match self.auth_mode.as_str() {
             "local" | "upstream" => None,
             "jwt" => Some(
                 crate::jwt::JwtSettings::new(
                     self.jwt_secret.as_deref(),
                     self.jwt_jwks_file.as_deref(),
-                    self.jwt_issuer,
-                    self.jwt_audience,
-                    self.jwt_mailbox_claim,
+                    self.jwt_issuer.clone(),
+                    self.jwt_audience.clone(),
+                    self.jwt_mailbox_claim.clone(),
                     self.jwt_leeway_secs,
                 )
                 .map_err(|reason| ConfigError::new("AUTH_MODE=jwt", reason))?,
@@ -313,7 +312,20 @@ impl FrontendArgs {
                     format!("{other:?} is not local, jwt or upstream"),
                 ))
             }
-        };
+        })
+    }
+
+    pub fn check(self) -> Result<Config, ConfigError> {
+        // Cloned, not moved: the checks below borrow the rest of `self`.
+        let common = self.common.clone().check()?;
+        self.check_numbers(&common)?;
+        let jwt = self.jwt()?;
+        let tls = tls_files(
+            self.tls_cert,
+            self.tls_key,
+            self.tls_ticket_keys,
+            self.tls_reload_secs,
+        )?;
         let upstream = self.upstream.check()?;
         let upstream_auth = self.auth_mode == "upstream";
         if upstream_auth && upstream.is_none() {

@@ -166,6 +166,17 @@ impl Metrics {
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics::unregistered();
+        let r = registry.sub_registry_with_prefix("dp_frontend");
+        metrics.proxy.register(r);
+        metrics.register_connections(r);
+        metrics.register_pings(r);
+        metrics.register_health(r);
+        metrics
+    }
+
+    /// Every metric at zero, each label a dashboard expects already present.
+    fn unregistered() -> Metrics {
         let stage_family: Family<StageLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(stage_histogram);
         let metrics = Metrics {
@@ -207,100 +218,108 @@ impl Metrics {
         for kind in ["full", "resumed"] {
             let _ = metrics.tls_handshakes.get_or_create(&KindLabels { kind });
         }
-        let r = registry.sub_registry_with_prefix("dp_frontend");
-        metrics.proxy.register(r);
+        metrics
+    }
+
+    fn register_connections(&self, r: &mut Registry) {
         r.register(
             "tls_reloads",
             "TLS certificate reloads by result",
-            metrics.tls_reloads.clone(),
+            self.tls_reloads.clone(),
         );
         r.register(
             "tls_handshakes",
             "TLS handshakes completed, by kind (full, or resumed with a ticket)",
-            metrics.tls_handshakes.clone(),
+            self.tls_handshakes.clone(),
         );
         r.register(
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
-            metrics.tls_handshake_failures.clone(),
+            self.tls_handshake_failures.clone(),
         );
         r.register(
             "limited",
             "Requests refused by a limit (connections, connections_per_source, pings_per_device, pings_per_mailbox, devices_per_mailbox, proxy_protocol: a connection without a valid PROXY header)",
-            metrics.limited.clone(),
+            self.limited.clone(),
         );
         r.register(
             "parked_pings",
             "Pings parked on this pod now (claimed, waiting for news or their heartbeat)",
-            metrics.parked.clone(),
+            self.parked.clone(),
         );
         r.register(
             "connections",
             "Open device connections",
-            metrics.connections.clone(),
+            self.connections.clone(),
         );
         r.register(
             "connections_opened",
             "Device connections accepted (its rate is the connect rate, and the storm rate after a pod is lost)",
-            metrics.connections_opened.clone(),
+            self.connections_opened.clone(),
         );
+    }
+
+    fn register_pings(&self, r: &mut Registry) {
         r.register(
             "pings",
             "Finished Pings by outcome and status",
-            metrics.pings.clone(),
+            self.pings.clone(),
         );
         r.register(
             "wake_latency_seconds",
             "From a change's acceptance to its Status 2 written",
-            metrics.wake_latency.clone(),
+            self.wake_latency.clone(),
         );
         r.register(
             "wake_stage_seconds",
             "A wake's time in each stage: durable, queued, coalesce, bump, publish (the watcher's), deliver (to this pod), answer (Status 2 written)",
-            metrics.wake_stage_family.clone(),
+            self.wake_stage_family.clone(),
         );
         r.register(
             "http_responses",
             "HTTP responses by code",
-            metrics.http_responses.clone(),
+            self.http_responses.clone(),
         );
-        r.register("auth", "Authentications by result", metrics.auth.clone());
+        r.register("auth", "Authentications by result", self.auth.clone());
+    }
+
+    /// The pod's dependencies and its history writer.
+    fn register_health(&self, r: &mut Registry) {
         r.register(
             "redis_errors",
             "Redis calls that failed or timed out",
-            metrics.redis_errors.clone(),
+            self.redis_errors.clone(),
         );
         r.register(
             "answers_undelivered",
             "Status 2 answers whose connection failed before the device read them (reported again)",
-            metrics.answers_undelivered.clone(),
+            self.answers_undelivered.clone(),
         );
         r.register(
             "redis_state_losses",
             "Times this pod saw Redis come back without its state (a new epoch)",
-            metrics.redis_state_losses.clone(),
+            self.redis_state_losses.clone(),
         );
         r.register(
             "nats_reconnects",
             "NATS reconnections",
-            metrics.nats_reconnects.clone(),
+            self.nats_reconnects.clone(),
         );
         r.register(
             "evictions_sent",
             "Superseded Pings evicted on other pods",
-            metrics.evictions_sent.clone(),
+            self.evictions_sent.clone(),
         );
         r.register(
             "history_rows_written",
             "Heartbeat history rows written",
-            metrics.history.written.clone(),
+            self.history.written.clone(),
         );
         r.register(
             "history_rows_dropped",
             "Heartbeat history rows dropped (queue full or database unavailable)",
-            metrics.history.dropped.clone(),
+            self.history.dropped.clone(),
         );
-        metrics
     }
 }
 

@@ -215,37 +215,7 @@ async fn claim(
     ping: &PingRequest,
     credentials: Option<Box<crate::proxy::probe::Credentials>>,
 ) -> Started {
-    let limits = shared.config.limits;
-    // Registered before the claim: a wake that follows the claim finds the slot.
-    let slot = shared
-        .parked
-        .register(context.key.clone(), context.request_id);
-    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        slot.tell(|s| s.end = Some(End::Drained));
-    }
-    let longest = ping.heartbeat.unwrap_or(limits.max_heartbeat);
-    let owner = Owner {
-        pod: shared.config.common.pod.clone(),
-        request: context.request_id,
-        expiry_ms: dp_runtime::now_ms()
-            + u64::from(longest) * 1000
-            + OWNER_GRACE.as_millis() as u64,
-    };
-    let mut waiting = Waiting {
-        registration: Registration {
-            shared: shared.clone(),
-            key: context.key.clone(),
-            request: context.request_id,
-            counted: false,
-        },
-        slot,
-        context,
-        owner,
-        heartbeat: 0,
-        folders: Vec::new(),
-        held: None,
-        probe: None,
-    };
+    let mut waiting = registered(shared, context, ping);
     let mut redis = shared.redis.clone();
     let device = waiting.context.device();
     // With replicas to wait for, a claim not on them in time answers like a Redis error.
@@ -268,10 +238,8 @@ async fn claim(
             return answer_now(waiting, finished);
         }
         Ok(Ok(Claim::MissingParameters)) => {
-            return answer_now(
-                waiting,
-                Finished::new(PingResponse::missing_parameters(), "rejected"),
-            )
+            let finished = Finished::new(PingResponse::missing_parameters(), "rejected");
+            return answer_now(waiting, finished);
         }
         Ok(Ok(Claim::HierarchyChanged { previous })) => {
             if let Some(previous) = previous {
@@ -291,42 +259,19 @@ async fn claim(
             hierarchy_known,
             fresh,
         })) => {
-            // Redis held nothing for the device: new (its folders' versions are baselines), or
-            // forgotten in a loss of Redis state (they are news, I1).
-            let changed = match fresh {
-                true => {
-                    let context = &waiting.context;
-                    match crate::epoch::predates_loss(shared, &context.mailbox, &context.device_id)
-                        .await
-                    {
-                        true => changed,
-                        false => Vec::new(),
-                    }
-                }
-                false => changed,
-            };
+            let changed = news(shared, &waiting.context, changed, fresh).await;
             waiting.probe = credentials.map(|c| c.every(shared, hierarchy_known));
             crate::pinged::mark(shared, &waiting.context.mailbox, waiting.owner.expiry_ms);
             if let Some(previous) = previous {
-                evict(
-                    shared,
-                    &waiting.context.key,
-                    &previous,
-                    waiting.context.request_id,
-                )
-                .await;
+                let (key, id) = (&waiting.context.key, waiting.context.request_id);
+                evict(shared, key, &previous, id).await;
             }
             // A cached heartbeat may predate today's limits.
+            let limits = shared.config.limits;
             waiting.heartbeat = heartbeat.clamp(limits.min_heartbeat, limits.max_heartbeat);
             waiting.folders = folders;
             if repeats >= REPEATS_BEFORE_BACKOFF && !changed.is_empty() {
-                // Parked with the news, to be told at the backoff or with newer news.
-                shared.metrics.proxy.repeat_backoffs.inc();
-                let delay = backoff(repeats).min(Duration::from_secs(waiting.heartbeat.into()));
-                waiting.held = Some(Box::new(Held {
-                    pending: changed,
-                    at: waiting.context.started + delay,
-                }));
+                hold_back(shared, &mut waiting, changed, repeats);
                 return park(waiting);
             }
             changed
@@ -346,6 +291,70 @@ async fn claim(
     let mut finished = Finished::changes(changed, None);
     finished.heartbeat = Some(waiting.heartbeat);
     answer_now(waiting, finished)
+}
+
+/// The Ping, registered in the pod's index before its claim: a wake that follows the claim
+/// finds the slot.
+fn registered(shared: &Arc<Shared>, context: Context, ping: &PingRequest) -> Waiting {
+    let limits = shared.config.limits;
+    let slot = shared
+        .parked
+        .register(context.key.clone(), context.request_id);
+    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        slot.tell(|s| s.end = Some(End::Drained));
+    }
+    let longest = ping.heartbeat.unwrap_or(limits.max_heartbeat);
+    let owner = Owner {
+        pod: shared.config.common.pod.clone(),
+        request: context.request_id,
+        expiry_ms: dp_runtime::now_ms()
+            + u64::from(longest) * 1000
+            + OWNER_GRACE.as_millis() as u64,
+    };
+    Waiting {
+        registration: Registration {
+            shared: shared.clone(),
+            key: context.key.clone(),
+            request: context.request_id,
+            counted: false,
+        },
+        slot,
+        context,
+        owner,
+        heartbeat: 0,
+        folders: Vec::new(),
+        held: None,
+        probe: None,
+    }
+}
+
+/// What a claim's news is worth: when Redis held nothing for the device, it is new (its
+/// folders' versions are baselines, not news) or forgotten in a loss of Redis state (they are
+/// news, I1).
+async fn news(
+    shared: &Shared,
+    context: &Context,
+    changed: Vec<FolderVersion>,
+    fresh: bool,
+) -> Vec<FolderVersion> {
+    if !fresh {
+        return changed;
+    }
+    match crate::epoch::predates_loss(shared, &context.mailbox, &context.device_id).await {
+        true => changed,
+        false => Vec::new(),
+    }
+}
+
+/// Proxy mode, a device that keeps skipping its Sync: parked with the news, to be told at the
+/// backoff or with newer news (I2).
+fn hold_back(shared: &Shared, waiting: &mut Waiting, pending: Vec<FolderVersion>, repeats: u32) {
+    shared.metrics.proxy.repeat_backoffs.inc();
+    let delay = backoff(repeats).min(Duration::from_secs(waiting.heartbeat.into()));
+    waiting.held = Some(Box::new(Held {
+        pending,
+        at: waiting.context.started + delay,
+    }));
 }
 
 /// Parks the claimed Ping: from now on it counts as parked.

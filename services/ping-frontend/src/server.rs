@@ -8,12 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::AsyncWriteExt;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client;
 use crate::http::response;
 use crate::limits::SourceSlot;
 use crate::parked::End;
+use crate::tls::Tls;
 use crate::transport::{TlsStream, WriteDeadline};
 use crate::{connection, Shared};
 
@@ -23,30 +24,14 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
     let capacity = shared.config.max_connections;
     let permits = Arc::new(Semaphore::new(capacity));
-    // On the drain signal the pod reports not ready at once, and keeps accepting for the drain
-    // delay while load balancers notice.
-    let stop_accepting = {
-        let (shared, mut drain) = (shared.clone(), drain.clone());
-        async move {
-            drain.signalled().await;
-            shared
-                .shutting_down
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            let delay = shared.config.drain_delay;
-            tracing::info!(
-                delay_secs = delay.as_secs_f64(),
-                "draining: reporting not ready"
-            );
-            tokio::time::sleep(delay).await;
-        }
-    };
+    let stop_accepting = stop_accepting(shared.clone(), drain.clone());
     tokio::pin!(stop_accepting);
     loop {
         let accepted = tokio::select! {
             _ = &mut stop_accepting => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors or a connection reset before accept: back off
@@ -56,26 +41,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(&shared, stream, "connections");
+        let Some((mut stream, permit, early)) = take(&shared, &permits, stream, peer) else {
             continue;
         };
-        // Without the PROXY protocol the peer is the client: count it here, in accept order.
-        let early = match shared.config.proxy_protocol {
-            true => None,
-            false => match shared.sources.acquire(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    refuse(&shared, stream, "connections_per_source");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        // Bytes a vanished device never acknowledges fail the connection in bounded time (see
-        // `delivery`); an idle parked connection has none, and is not affected.
-        let _ = socket2::SockRef::from(&stream)
-            .set_tcp_user_timeout(Some(shared.config.delivery_timeout));
         let (shared, drain) = (shared.clone(), drain.clone());
         // Plain and TLS connections are spawned as separate futures: a task is as large as its
         // largest state, and a plaintext connection must not pay for TLS's.
@@ -101,22 +69,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
                     };
                     // Boxed: the handshake's state lives only while it runs, not in the
                     // task of every parked connection.
-                    let handshake = Box::pin(TlsStream::accept(stream, tls.config.clone()));
-                    match tokio::time::timeout(shared.config.header_timeout, handshake).await {
-                        Ok(Ok(stream)) => {
-                            shared.metrics.count_handshake(stream.resumed());
-                            let stream = WriteDeadline::new(stream, shared.config.write_timeout);
-                            connection::serve(&shared, stream, ip, drain).await
-                        }
-                        Ok(Err(err)) => {
-                            // Scanners and dropped phones fail handshakes all day: debug only.
-                            tracing::debug!(%ip, error = %err, "TLS handshake failed");
-                            shared.metrics.tls_handshake_failures.inc();
-                        }
-                        Err(_) => {
-                            tracing::debug!(%ip, "TLS handshake timed out");
-                            shared.metrics.tls_handshake_failures.inc();
-                        }
+                    if let Some(stream) = Box::pin(handshake(&shared, stream, &tls, ip)).await {
+                        let stream = WriteDeadline::new(stream, shared.config.write_timeout);
+                        connection::serve(&shared, stream, ip, drain).await
                     }
                     drop((permit, source));
                 });
@@ -125,6 +80,74 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, drain: Drain) {
     }
     drop(listener);
     drain_parked(&shared, &permits, capacity).await;
+}
+
+/// A connection under MAX_CONNECTIONS and, when the peer is the client, under its source's
+/// limit; `None` when it was refused.
+fn take(
+    shared: &Shared,
+    permits: &Arc<Semaphore>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TcpStream, OwnedSemaphorePermit, Option<SourceSlot>)> {
+    let Ok(permit) = permits.clone().try_acquire_owned() else {
+        refuse(shared, stream, "connections");
+        return None;
+    };
+    // Without the PROXY protocol the peer is the client: count it here, in accept order.
+    let early = match shared.config.proxy_protocol {
+        true => None,
+        false => match shared.sources.acquire(peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                refuse(shared, stream, "connections_per_source");
+                return None;
+            }
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    // Bytes a vanished device never acknowledges fail the connection in bounded time (see
+    // `delivery`); an idle parked connection has none, and is not affected.
+    let _ =
+        socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(shared.config.delivery_timeout));
+    Some((stream, permit, early))
+}
+
+/// On the drain signal the pod reports not ready at once, and keeps accepting for the drain
+/// delay while load balancers notice.
+async fn stop_accepting(shared: Arc<Shared>, mut drain: Drain) {
+    drain.signalled().await;
+    shared
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let delay = shared.config.drain_delay;
+    tracing::info!(
+        delay_secs = delay.as_secs_f64(),
+        "draining: reporting not ready"
+    );
+    tokio::time::sleep(delay).await;
+}
+
+/// The TLS handshake, within HEADER_TIMEOUT_SECS; `None` when it failed (counted).
+async fn handshake(shared: &Shared, stream: TcpStream, tls: &Tls, ip: IpAddr) -> Option<TlsStream> {
+    let accepted = TlsStream::accept(stream, tls.config.clone());
+    match tokio::time::timeout(shared.config.header_timeout, accepted).await {
+        Ok(Ok(stream)) => {
+            shared.metrics.count_handshake(stream.resumed());
+            Some(stream)
+        }
+        Ok(Err(err)) => {
+            // Scanners and dropped phones fail handshakes all day: debug only.
+            tracing::debug!(%ip, error = %err, "TLS handshake failed");
+            shared.metrics.tls_handshake_failures.inc();
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%ip, "TLS handshake timed out");
+            shared.metrics.tls_handshake_failures.inc();
+            None
+        }
+    }
 }
 
 /// The client's address (from the PROXY protocol header when PROXY_PROTOCOL is on) and its
