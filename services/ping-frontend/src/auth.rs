@@ -169,13 +169,28 @@ impl Auth {
             }
             known => known,
         };
+        let verified_before = matches!(known, Known::Stale);
+        self.verify(name, password, source, verified_before, &count)
+            .await
+            .inspect(|name| self.remember(key, name))
+    }
+
+    /// Checks a password the cache could not vouch for: against the throttles, then the
+    /// accounts' database and its hash.
+    async fn verify(
+        &self,
+        name: String,
+        password: String,
+        source: std::net::IpAddr,
+        verified_before: bool,
+        count: &(dyn Fn(&'static str) + Sync),
+    ) -> Result<String, AuthError> {
         // Past a budget, refuse before spending a database query and an argon2 verification:
         // the same answer whether or not the account exists. The per-account budget slows
         // only credentials never verified: someone guessing an account's password must not
         // lock out its working devices when their cache entries run out.
         let source_key = source.to_string();
         let account_key = format!("account:{name}");
-        let verified_before = matches!(known, Known::Stale);
         if let Some(wait) = self.throttle.per_source.over(&source_key).or_else(|| {
             (!verified_before)
                 .then(|| self.throttle.per_account.over(&account_key))
@@ -208,7 +223,6 @@ impl Auth {
             return Err(AuthError::Rejected);
         }
         count("verified");
-        self.remember(key, &name);
         Ok(name)
     }
 

@@ -83,7 +83,7 @@ pub async fn subscribe(
         waited += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    shared.subscribed.store(true, Ordering::Release);
+    shared.state.subscribed.store(true, Ordering::Release);
     Ok(())
 }
 

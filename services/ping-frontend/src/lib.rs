@@ -36,7 +36,6 @@ use dp_runtime::redis::Redis;
 use dp_runtime::shutdown::Drain;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use config::{Config, FrontendArgs};
 
@@ -55,25 +54,78 @@ pub struct Shared {
     history: dp_db::history::HistorySink,
     metrics: Metrics,
     next_request: AtomicU64,
-    rechecks: Semaphore,
+    limits: limits::Limits,
+    state: State,
+    tls: Option<Arc<tls::Tls>>,
+    /// Proxy mode: the ActiveSync server every command but Ping goes to.
+    upstream: Option<proxy::Upstream>,
+    /// The Redis state's incarnation (see `epoch`).
+    epoch: epoch::Seen,
+}
+
+/// The pod's own flags: each set by one task, read by every connection.
+#[derive(Default)]
+struct State {
+    /// Subscribed to its NATS subjects: wakes can reach it (readiness).
     subscribed: AtomicBool,
     /// Set when the drain starts, before parked Pings are told: a Ping that registers later
     /// sees the flag, one that registered earlier gets told.
     draining: AtomicBool,
     /// Set on the drain signal: the pod reports not ready from then on.
     shutting_down: AtomicBool,
-    sources: Arc<limits::SourceLimit>,
-    tls: Option<Arc<tls::Tls>>,
-    ping_rates: limits::PingRates,
-    /// Proxy mode: the ActiveSync server every command but Ping goes to.
-    upstream: Option<proxy::Upstream>,
     /// An IMAP watcher runs: record the mailboxes of parked Pings (see `pinged`).
     imap_index: AtomicBool,
-    /// The Redis state's incarnation (see `epoch`).
-    epoch: epoch::Seen,
 }
 
 impl Shared {
+    fn new(
+        config: Config,
+        pool: sqlx::PgPool,
+        redis: Redis,
+        nats: async_nats::Client,
+        history: dp_db::history::HistorySink,
+        metrics: Metrics,
+    ) -> anyhow::Result<Shared> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                tls::Tls::new(files.clone()).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        };
+        let upstream = match config.upstream.clone() {
+            Some(upstream) => Some(proxy::Upstream::new(upstream).context("UPSTREAM_URL")?),
+            None => None,
+        };
+        Ok(Shared {
+            store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs())
+                .with_max_devices(config.max_devices_per_mailbox),
+            subjects: Subjects::new(&config.common.namespace),
+            auth: auth::Auth::new(
+                pool,
+                config.auth_cache_size,
+                config.auth_cache_ttl,
+                auth::Throttle {
+                    per_source: limits::RateWindow::new(config.auth_failures_per_source),
+                    per_account: limits::RateWindow::new(config.auth_failures_per_account),
+                    verify_queue: config.auth_verify_queue,
+                },
+                config.jwt.clone(),
+            )?,
+            parked: Parked::default(),
+            next_request: AtomicU64::new(dp_runtime::now_ms() << 20),
+            limits: limits::Limits::new(&config),
+            state: State::default(),
+            epoch: epoch::Seen::default(),
+            tls,
+            upstream,
+            config,
+            redis,
+            nats,
+            history,
+            metrics,
+        })
+    }
+
     /// Request ids are unique per pod incarnation: they start at the start time in ms shifted
     /// left, so a restarted pod with the same name never reuses a live id.
     fn next_request_id(&self) -> u64 {
@@ -126,51 +178,7 @@ pub async fn run(
         .await
         .context("REDIS_URL")?;
     let (nats, nats_events) = cluster::connect(&config.common.nats, &config.common.pod).await?;
-    let start_ms = dp_runtime::now_ms();
-    let shared = Arc::new(Shared {
-        store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs())
-            .with_max_devices(config.max_devices_per_mailbox),
-        subjects: Subjects::new(&config.common.namespace),
-        auth: auth::Auth::new(
-            pool,
-            config.auth_cache_size,
-            config.auth_cache_ttl,
-            auth::Throttle {
-                per_source: limits::RateWindow::new(config.auth_failures_per_source),
-                per_account: limits::RateWindow::new(config.auth_failures_per_account),
-                verify_queue: config.auth_verify_queue,
-            },
-            config.jwt.clone(),
-        )?,
-        parked: Parked::default(),
-        next_request: AtomicU64::new(start_ms << 20),
-        rechecks: Semaphore::new(64),
-        subscribed: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        imap_index: AtomicBool::new(false),
-        epoch: epoch::Seen::default(),
-        sources: limits::SourceLimit::new(config.max_connections_per_source),
-        tls: match &config.tls {
-            Some(files) => Some(Arc::new(
-                tls::Tls::new(files.clone()).map_err(anyhow::Error::msg)?,
-            )),
-            None => None,
-        },
-        ping_rates: limits::PingRates {
-            device: limits::RateWindow::new(config.pings_per_device_per_minute),
-            mailbox: limits::RateWindow::new(config.pings_per_mailbox_per_minute),
-        },
-        upstream: match config.upstream.clone() {
-            Some(upstream) => Some(proxy::Upstream::new(upstream).context("UPSTREAM_URL")?),
-            None => None,
-        },
-        config,
-        redis,
-        nats,
-        history,
-        metrics,
-    });
+    let shared = Arc::new(Shared::new(config, pool, redis, nats, history, metrics)?);
     cluster::watch_connection(shared.clone(), nats_events);
     pinged::watch(shared.clone()).await;
     epoch::watch(shared.clone()).await;
@@ -205,10 +213,10 @@ fn readiness(shared: Arc<Shared>) -> dp_runtime::admin::ReadinessCheck {
         let shared = shared.clone();
         Box::pin(async move {
             let mut problems = Vec::new();
-            if shared.shutting_down.load(Ordering::SeqCst) {
+            if shared.state.shutting_down.load(Ordering::SeqCst) {
                 problems.push("draining");
             }
-            if !shared.subscribed.load(Ordering::Acquire) {
+            if !shared.state.subscribed.load(Ordering::Acquire) {
                 problems.push("not yet subscribed to its NATS subjects");
             }
             if shared.nats.connection_state() != async_nats::connection::State::Connected {

@@ -9,7 +9,36 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
+use crate::Config;
+
 const SHARDS: usize = 32;
+
+/// What a pod bounds besides its connection count: connections per source, Ping rates, and
+/// re-checks under way at once.
+pub struct Limits {
+    pub sources: Arc<SourceLimit>,
+    pub pings: PingRates,
+    /// Bounded, so a reconnect with a hundred thousand parked Pings does not flood Redis.
+    pub rechecks: Semaphore,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Limits {
+        Limits {
+            sources: SourceLimit::new(config.max_connections_per_source),
+            pings: PingRates {
+                device: RateWindow::new(config.pings_per_device_per_minute),
+                mailbox: RateWindow::new(config.pings_per_mailbox_per_minute),
+            },
+            rechecks: Semaphore::new(RECHECKS_AT_ONCE),
+        }
+    }
+}
+
+/// Re-checks of parked Pings against Redis under way at once (after lost wakes).
+const RECHECKS_AT_ONCE: usize = 64;
 
 /// Open connections per source address.
 pub struct SourceLimit {

@@ -30,7 +30,7 @@ async fn look(shared: &Shared) {
     let mut redis = shared.redis.clone();
     let in_use = shared.store.imap_in_use(&mut redis);
     if let Ok(Ok(in_use)) = tokio::time::timeout(shared.config.redis_timeout, in_use).await {
-        shared.imap_index.store(in_use, Ordering::Relaxed);
+        shared.state.imap_index.store(in_use, Ordering::Relaxed);
     }
 }
 
@@ -43,7 +43,7 @@ const RETRY_MOST: Duration = Duration::from_secs(5);
 /// again while the Ping is parked: without it the watcher does not look at the mailbox, and its
 /// mail would wake nobody (I1).
 pub fn mark(shared: &Arc<Shared>, mailbox: &str, until_ms: u64) {
-    if !shared.imap_index.load(Ordering::Relaxed) {
+    if !shared.state.imap_index.load(Ordering::Relaxed) {
         return;
     }
     let (shared, mailbox) = (shared.clone(), mailbox.to_owned());

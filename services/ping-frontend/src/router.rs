@@ -97,7 +97,7 @@ pub async fn handle<S: Transport>(
         return refuse(&mut x, &request, 501, &message, &[]).await;
     }
     let device = dp_proto::ids::device_key(&mailbox, &query.device_id);
-    if let Err((limit, wait)) = x.shared.ping_rates.hit(&device, &mailbox) {
+    if let Err((limit, wait)) = x.shared.limits.pings.hit(&device, &mailbox) {
         x.shared.count_limited(limit);
         tracing::info!(%mailbox, device = %query.device_id, limit, "Ping refused: over the rate");
         let message = "too many Pings; retry later";

@@ -97,7 +97,7 @@ fn take(
     // Without the PROXY protocol the peer is the client: count it here, in accept order.
     let early = match shared.config.proxy_protocol {
         true => None,
-        false => match shared.sources.acquire(peer.ip()) {
+        false => match shared.limits.sources.acquire(peer.ip()) {
             Some(slot) => Some(slot),
             None => {
                 refuse(shared, stream, "connections_per_source");
@@ -118,6 +118,7 @@ fn take(
 async fn stop_accepting(shared: Arc<Shared>, mut drain: Drain) {
     drain.signalled().await;
     shared
+        .state
         .shutting_down
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let delay = shared.config.drain_delay;
@@ -175,7 +176,7 @@ async fn admit(
     } else {
         peer.ip()
     };
-    match shared.sources.acquire(ip) {
+    match shared.limits.sources.acquire(ip) {
         Some(slot) => Some((ip, slot)),
         None => {
             shared.count_limited("connections_per_source");
@@ -208,6 +209,7 @@ fn refuse(shared: &Shared, mut stream: TcpStream, limit: &'static str) {
 /// deadline.
 async fn drain_parked(shared: &Shared, permits: &Semaphore, capacity: usize) {
     shared
+        .state
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let slots = shared.parked.slots();

@@ -275,9 +275,16 @@ pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Reque
         head: Vec::new(),
         body: Vec::new(),
     };
+    request.framing = read_headers(&mut request, parsed.headers)?;
+    Ok(Some((head_len, request)))
+}
+
+/// Takes what routing and the Ping need from the headers into `request`; returns the body's
+/// framing.
+fn read_headers(request: &mut Request, headers: &[httparse::Header]) -> Result<Framing, ReadError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    for header in parsed.headers.iter() {
+    for header in headers {
         let value = || {
             std::str::from_utf8(header.value)
                 .map(|v| v.trim().to_owned())
@@ -322,17 +329,14 @@ pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Reque
             }
         }
     }
-    request.framing = match (chunked, length) {
+    match (chunked, length) {
         // Both framings at once is how requests are smuggled past proxies.
-        (true, Some(_)) => {
-            return Err(ReadError::Malformed(
-                "both Content-Length and Transfer-Encoding".into(),
-            ))
-        }
-        (true, None) => Framing::Chunked,
-        (false, n) => Framing::Length(n.unwrap_or(0)),
-    };
-    Ok(Some((head_len, request)))
+        (true, Some(_)) => Err(ReadError::Malformed(
+            "both Content-Length and Transfer-Encoding".into(),
+        )),
+        (true, None) => Ok(Framing::Chunked),
+        (false, n) => Ok(Framing::Length(n.unwrap_or(0))),
+    }
 }
 
 #[cfg(test)]

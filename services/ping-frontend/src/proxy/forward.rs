@@ -53,24 +53,9 @@ pub async fn forward<S: Transport>(
     let Some(upstream) = &shared.upstream else {
         return Ok(false);
     };
-    let command = query.map(|q| q.command);
-    let label = command.map_or("other", |c| c.name());
+    let label = query.map_or("other", |q| q.command.name());
     if let Some(scheme) = connection_bound_auth(request.authorization.as_deref()) {
-        tracing::info!(
-            scheme,
-            command = label,
-            "request refused: connection-bound authentication"
-        );
-        shared.count_http(401);
-        let message = format!(
-            "{scheme} authentication is bound to one connection and cannot pass this proxy; \
-             use Basic or a bearer token"
-        );
-        let challenge = [("WWW-Authenticate", "Basic realm=\"ActiveSync\"".to_owned())];
-        stream
-            .write_all(&response::error(401, &message, &challenge, true))
-            .await?;
-        return Ok(false);
+        return refuse_connection_bound(shared, stream, scheme, label).await;
     }
     let options = request.method == crate::http::request::Method::Options;
     if options && request.authorization.is_some() && request.framing == Framing::Length(0) {
@@ -81,35 +66,8 @@ pub async fn forward<S: Transport>(
         }
     }
     let mut learning = learning(shared, &request, query).await;
-    // The head is parsed once more here, for all its headers; the routing parse kept only some.
-    let (method, incoming) = request.parts();
-    let gzip_request = has_gzip(&headers::joined(
-        "content-encoding",
-        incoming.iter().copied(),
-    ));
-    let mut request_tap = learning
-        .as_ref()
-        .and_then(|l| Tap::new(l.command, gzip_request));
-
-    let (method, outgoing) = outgoing_headers(shared, method, &incoming, peer);
-    let mut call = upstream
-        .client
-        .request(method, upstream.url(&request.query))
-        .headers(outgoing);
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    let has_body = request.framing != Framing::Length(0);
-    if has_body {
-        if let Framing::Length(n) = request.framing {
-            call = call.header(reqwest::header::CONTENT_LENGTH, n);
-        }
-        let pieces = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|piece| (piece, rx))
-        });
-        call = call.body(reqwest::Body::wrap_stream(pieces));
-    } else if request.method == crate::http::request::Method::Post {
-        call = call.header(reqwest::header::CONTENT_LENGTH, 0);
-    }
-    if request.expect_continue && has_body {
+    let (call, tx, mut request_tap) = upstream_call(shared, upstream, &request, &learning, peer);
+    if request.expect_continue && request.framing != Framing::Length(0) {
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
 
@@ -124,21 +82,10 @@ pub async fn forward<S: Transport>(
     }
     let answer = match sent {
         Ok(Ok(answer)) => answer,
-        failed => {
-            let reason = match failed {
-                Err(_) => format!("no answer within {}s", timeout.as_secs()),
-                Ok(Err(err)) => error_chain(&err),
-                Ok(Ok(_)) => String::new(),
-            };
-            shared.metrics.proxy.upstream_failures.inc();
-            tracing::warn!(command = label, %reason, "upstream unavailable: 503");
-            shared.count_http(503);
-            let answer = response::unavailable(
-                shared.config.retry_after_secs,
-                "the ActiveSync server is unavailable; retry later",
-            );
-            stream.write_all(&answer).await?;
-            return Ok(false);
+        Ok(Err(err)) => return unavailable(shared, stream, label, error_chain(&err)).await,
+        Err(_) => {
+            let reason = format!("no answer within {}s", timeout.as_secs());
+            return unavailable(shared, stream, label, reason).await;
         }
     };
     let status = answer.status();
@@ -157,13 +104,10 @@ pub async fn forward<S: Transport>(
     if let (true, Some(query)) = (shared.config.upstream_auth, query) {
         super::vouch::record(shared, &request, query, status.as_u16()).await;
     }
-    let keep_alive = match streamed {
-        Ok(()) => keep_alive,
-        Err(reason) => {
-            tracing::info!(command = label, %reason, "answer from the upstream cut short");
-            return Ok(false);
-        }
-    };
+    if let Err(reason) = streamed {
+        tracing::info!(command = label, %reason, "answer from the upstream cut short");
+        return Ok(false);
+    }
     if let (Some(learning), Some(request_tap), Some(response_tap)) =
         (learning.as_mut(), request_tap, response_tap)
     {
@@ -172,6 +116,88 @@ pub async fn forward<S: Transport>(
         }
     }
     Ok(keep_alive)
+}
+
+/// The body's way up: pieces sent here reach the upstream as the request's body.
+type BodySender = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// The upstream request for `request`: its method, headers and (streamed) body, and a tap on
+/// the body when the proxy learns from it.
+fn upstream_call(
+    shared: &Shared,
+    upstream: &super::Upstream,
+    request: &Request,
+    learning: &Option<Learning>,
+    peer: IpAddr,
+) -> (reqwest::RequestBuilder, BodySender, Option<Tap>) {
+    // The head is parsed once more here, for all its headers; the routing parse kept only some.
+    let (method, incoming) = request.parts();
+    let gzip_request = has_gzip(&headers::joined(
+        "content-encoding",
+        incoming.iter().copied(),
+    ));
+    let tap = learning
+        .as_ref()
+        .and_then(|l| Tap::new(l.command, gzip_request));
+    let (method, outgoing) = outgoing_headers(shared, method, &incoming, peer);
+    let mut call = upstream
+        .client
+        .request(method, upstream.url(&request.query))
+        .headers(outgoing);
+    let (tx, rx) = mpsc::channel(2);
+    if request.framing != Framing::Length(0) {
+        if let Framing::Length(n) = request.framing {
+            call = call.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        let pieces = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        });
+        call = call.body(reqwest::Body::wrap_stream(pieces));
+    } else if request.method == crate::http::request::Method::Post {
+        call = call.header(reqwest::header::CONTENT_LENGTH, 0);
+    }
+    (call, tx, tap)
+}
+
+async fn refuse_connection_bound<S: Transport>(
+    shared: &Shared,
+    stream: &mut S,
+    scheme: &str,
+    label: &str,
+) -> std::io::Result<bool> {
+    tracing::info!(
+        scheme,
+        command = label,
+        "request refused: connection-bound authentication"
+    );
+    shared.count_http(401);
+    let message = format!(
+        "{scheme} authentication is bound to one connection and cannot pass this proxy; \
+         use Basic or a bearer token"
+    );
+    let challenge = [("WWW-Authenticate", "Basic realm=\"ActiveSync\"".to_owned())];
+    stream
+        .write_all(&response::error(401, &message, &challenge, true))
+        .await?;
+    Ok(false)
+}
+
+/// The upstream did not answer: 503, and the connection closes (its body may be half read).
+async fn unavailable<S: Transport>(
+    shared: &Shared,
+    stream: &mut S,
+    label: &str,
+    reason: String,
+) -> std::io::Result<bool> {
+    shared.metrics.proxy.upstream_failures.inc();
+    tracing::warn!(command = label, %reason, "upstream unavailable: 503");
+    shared.count_http(503);
+    let answer = response::unavailable(
+        shared.config.retry_after_secs,
+        "the ActiveSync server is unavailable; retry later",
+    );
+    stream.write_all(&answer).await?;
+    Ok(false)
 }
 
 /// NTLM and Negotiate authenticate a TCP connection, not a request: through a pooled proxy
@@ -248,7 +274,7 @@ async fn learn(shared: &Shared, learning: &Learning, asked: &Read, answered: &Re
 /// Hands the device's body to the upstream piece by piece, reading a copy on the way.
 async fn pump<S: Transport>(
     reader: &mut BodyReader<'_, S>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tx: BodySender,
     tap: &mut Option<Tap>,
 ) -> Result<(), BodyError> {
     loop {
@@ -336,29 +362,7 @@ async fn stream_answer<S: Transport>(
         .and_then(|v| v.parse::<u64>().ok());
     let bodiless = status.is_informational() || status.as_u16() == 204 || status.as_u16() == 304;
     let chunked = length.is_none() && !bodiless;
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Unknown")
-    )
-    .into_bytes();
-    for (name, value) in answer.headers() {
-        if headers::crosses(name.as_str(), &connection) {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-    }
-    match (length, chunked) {
-        (Some(n), _) => head.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
-        (None, true) => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        (None, false) => {}
-    }
-    if !keep_alive {
-        head.extend_from_slice(b"Connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let head = answer_head(&answer, &connection, length, chunked, keep_alive);
     stream.write_all(&head).await.map_err(|e| e.to_string())?;
     loop {
         let piece = match tokio::time::timeout(timeout, answer.chunk()).await {
@@ -389,6 +393,42 @@ async fn stream_answer<S: Transport>(
             .map_err(|e| e.to_string())?;
     }
     stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// The answer's status line and headers as they go to the device: the upstream's end-to-end
+/// headers, its framing or chunked, and `Connection: close` when the connection ends.
+fn answer_head(
+    answer: &reqwest::Response,
+    connection: &[u8],
+    length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let status = answer.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Unknown")
+    )
+    .into_bytes();
+    for (name, value) in answer.headers() {
+        if headers::crosses(name.as_str(), connection) {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    match (length, chunked) {
+        (Some(n), _) => head.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        (None, true) => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        (None, false) => {}
+    }
+    if !keep_alive {
+        head.extend_from_slice(b"Connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 fn joined(headers: &reqwest::header::HeaderMap, name: &str) -> Vec<u8> {
