@@ -248,13 +248,7 @@ async fn start_roles(
         )));
     }
     if shared.config.dispatch {
-        let redis = shared
-            .config
-            .common
-            .redis
-            .connect(|| drain.is_signalled())
-            .await
-            .context("REDIS_URL")?;
+        let redis = connect_redis(shared, drain).await?;
         shared.at_ingest.connected(redis.clone());
         let (s, d) = (shared.clone(), drain.clone());
         tasks.push(tokio::spawn(async move {
@@ -263,13 +257,7 @@ async fn start_roles(
         }));
     }
     if let Some(settings) = shared.config.imap.clone() {
-        let redis = shared
-            .config
-            .common
-            .redis
-            .connect(|| drain.is_signalled())
-            .await
-            .context("REDIS_URL")?;
+        let redis = connect_redis(shared, drain).await?;
         let (s, d, ready) = (shared.clone(), drain.clone(), shared.imap_ready.clone());
         tasks.push(tokio::spawn(async move {
             imap::run(s, settings, redis, ready, d).await;
@@ -277,6 +265,18 @@ async fn start_roles(
         }));
     }
     Ok(tasks)
+}
+
+/// A Redis connection of a role's own: the dispatcher's bumps never queue behind the IMAP
+/// role's scans on one multiplexed connection.
+async fn connect_redis(shared: &Shared, drain: &Drain) -> anyhow::Result<Redis> {
+    shared
+        .config
+        .common
+        .redis
+        .connect(|| drain.is_signalled())
+        .await
+        .context("REDIS_URL")
 }
 
 /// Runs the dispatch loop until the drain. If its consumer goes away (deleted, the stream
