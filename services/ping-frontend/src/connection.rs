@@ -89,6 +89,18 @@ pub async fn serve<S: Transport>(
     shared.metrics.connections.dec();
 }
 
+/// A connection that failed under a read. Only the TLS record layer says `InvalidData`: the
+/// device sent, after the handshake, what TLS does not allow (an alert, a record that fails
+/// authentication, a handshake message other than KeyUpdate). A middlebox that rewrites
+/// traffic shows here, so it is counted and its reason logged; other failures (a reset) are
+/// the network's and only end the connection.
+pub fn failed(shared: &Shared, err: &std::io::Error) {
+    if err.kind() == std::io::ErrorKind::InvalidData {
+        shared.metrics.tls_errors.inc();
+        tracing::info!(reason = %err, "TLS connection ended: the device sent what TLS refuses");
+    }
+}
+
 /// A request that could not be read: a broken connection settles the Status 2 it leaves
 /// unconfirmed (any other error lets it linger), and a request the pod refuses hears why.
 async fn unreadable<S: Transport>(
@@ -98,6 +110,7 @@ async fn unreadable<S: Transport>(
     unconfirmed: &mut Option<Box<delivery::Unconfirmed>>,
 ) {
     if let request::ReadError::Io(io) = &err {
+        failed(shared, io);
         delivery::settle(shared, unconfirmed.take(), Some(io));
     }
     if let Some((code, limit)) = err.answer() {

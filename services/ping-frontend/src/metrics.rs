@@ -70,6 +70,7 @@ pub struct Metrics {
     pub limited: Family<LimitLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub tls_handshake_failures: Counter,
+    pub tls_errors: Counter,
     pub tls_handshakes: Family<KindLabels, Counter>,
     pub parked: Gauge,
     pub connections: Gauge,
@@ -183,6 +184,7 @@ impl Metrics {
             limited: Family::default(),
             tls_reloads: Family::default(),
             tls_handshake_failures: Counter::default(),
+            tls_errors: Counter::default(),
             tls_handshakes: Family::default(),
             parked: Gauge::default(),
             connections: Gauge::default(),
@@ -236,6 +238,12 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             self.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "tls_errors",
+            "TLS connections ended after the handshake by what the device sent: an alert, a \
+             record that fails authentication, a handshake message other than KeyUpdate",
+            self.tls_errors.clone(),
         );
         r.register(
             "limited",

@@ -136,6 +136,49 @@ async fn pings_over_tls_wake_and_both_versions_negotiate_http_1_1() {
     env.cleanup().await;
 }
 
+/// What a middlebox that rewrites traffic would send after the handshake (here a record whose
+/// tag cannot authenticate) ends a parked Ping's connection, and is counted.
+#[tokio::test]
+async fn a_tampered_record_ends_a_parked_ping_and_is_counted() {
+    let env = Env::new().await;
+    env.account("tess", "pw").await;
+    let ca = TestCa::new();
+    ca.issue(1);
+    let a = tls_frontend(&env, &ca, "a").await;
+    let phone = Device::new(a.addr, "tess", "pw", "p");
+    let tcp = tokio::net::TcpStream::connect(a.addr)
+        .await
+        .expect("connects");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = ca
+        .client(&[&rustls::version::TLS13])
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(&phone.ping_request(Some(&ping_body(300, &["5"]))))
+        .await
+        .expect("writes");
+    tls.flush().await.expect("flushes");
+    env.wait_parked("tess", "p", "a", None).await;
+    assert_eq!(a.metric("dp_frontend_tls_errors_total").await, 0.0);
+
+    let mut record = vec![23, 3, 3, 0, 32];
+    record.extend_from_slice(&[0x55; 32]);
+    tls.get_mut().0.write_all(&record).await.expect("writes");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(5 * SECOND, tls.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the frontend closes the connection");
+    assert!(
+        rest.is_empty(),
+        "no answer to a parked Ping whose connection failed"
+    );
+    wait_for("the TLS error to be counted", 5 * SECOND, || async {
+        (a.metric("dp_frontend_tls_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn certificate_rotation_while_pings_are_parked() {
     let env = Env::new().await;

@@ -84,7 +84,12 @@ pub async fn wait<S: Transport>(
                     .map(|(at, every)| at + every)
                     .filter(|at| *at < deadline);
             }
-            () = stream.closed(buf, max_pipelined) => return Err(ClientGone),
+            failed = stream.closed(buf, max_pipelined) => {
+                if let Some(err) = failed {
+                    crate::connection::failed(&waiting.registration.shared, &err);
+                }
+                return Err(ClientGone);
+            }
         }
     }
 }

@@ -316,18 +316,18 @@ impl Transport for TlsStream {
     /// Waits for the socket's readiness, holding no buffer, and decrypts only what comes. (The
     /// chunk lives inside one poll, not across the wait: a parked Ping's future does not carry
     /// it.)
-    async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) {
+    async fn closed(&mut self, buf: &mut Vec<u8>, max: usize) -> Option<Error> {
         std::future::poll_fn(|cx| loop {
             let mut chunk = [0u8; 512];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut *self).poll_read(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(err)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {
                     buf.extend_from_slice(read.filled());
                     if buf.len() > max {
-                        return Poll::Ready(());
+                        return Poll::Ready(None);
                     }
                 }
             }

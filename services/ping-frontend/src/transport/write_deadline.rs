@@ -94,7 +94,7 @@ impl<S: Transport> Transport for WriteDeadline<S> {
         &'a mut self,
         buf: &'a mut Vec<u8>,
         max: usize,
-    ) -> impl Future<Output = ()> + Send + 'a {
+    ) -> impl Future<Output = Option<std::io::Error>> + Send + 'a {
         self.inner.closed(buf, max)
     }
 }
