@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dp_proto::ping::{PingRequest, PingStatus};
-use dp_testkit::client::ping_body;
+use dp_testkit::client::{ping_body, read_response};
 use dp_testkit::{Device, Env, Frontend, Watcher};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -99,6 +99,51 @@ async fn nothing_new_answers_status_1_at_the_heartbeat() {
     );
     // Android gives up at heartbeat + 5 s; we must be well inside it.
     assert!(elapsed < 3 * SECOND, "answered late: {elapsed:?}");
+    env.cleanup().await;
+}
+
+/// The heartbeat counts from when the request arrived, not from when the frontend got round
+/// to it: the device's clock started then. Here the body comes 1.5 s after the head (as a slow
+/// login or a slow network would delay the claim). Counted from the claim, the answer would
+/// come at 3.5 s, after a device with a 1 s grace had given up; and a Status 2 written then
+/// would go unread yet look heard to the frontend (I2), a lost change (the `carrier` smoke run
+/// met this under CI load).
+#[tokio::test]
+async fn the_heartbeat_counts_from_the_requests_arrival() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new().await;
+    env.account("bea", "pw").await;
+    let a = Frontend::start(&env, "a", &[]).await;
+    let phone = Device::new(a.addr, "bea", "pw", "p");
+    let request = phone.ping_request(Some(&ping_body(2, &["1"])));
+    let head_end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let mut stream = tokio::net::TcpStream::connect(a.addr)
+        .await
+        .expect("connects");
+    let started = Instant::now();
+    stream.write_all(&request[..head_end]).await.expect("head");
+    // The slow client is the scenario, not a wait for something.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(&request[head_end..]).await.expect("body");
+    let mut buf = Vec::new();
+    let response = tokio::time::timeout(10 * SECOND, read_response(&mut stream, &mut buf))
+        .await
+        .expect("answered before the test gives up")
+        .expect("a response");
+    let elapsed = started.elapsed();
+    assert_eq!(response.ping().status, PingStatus::Expired);
+    assert!(
+        elapsed >= 2 * SECOND - Duration::from_millis(50),
+        "answered early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < 3 * SECOND,
+        "answered {elapsed:?} after the head: the heartbeat was counted from later"
+    );
     env.cleanup().await;
 }
 

@@ -59,6 +59,9 @@ pub struct Request {
     pub head: Vec<u8>,
     /// Filled by [`read_body`].
     pub body: Vec<u8>,
+    /// When the head had arrived: a Ping's heartbeat counts from here, not from after its
+    /// authentication and body, because the device's own clock started before either.
+    pub received: tokio::time::Instant,
 }
 
 impl Request {
@@ -274,6 +277,7 @@ pub fn parse_head(buf: &[u8], limits: SizeLimits) -> Result<Option<(usize, Reque
         expect_continue: false,
         head: Vec::new(),
         body: Vec::new(),
+        received: tokio::time::Instant::now(),
     };
     request.framing = read_headers(&mut request, parsed.headers)?;
     Ok(Some((head_len, request)))

@@ -8,7 +8,6 @@ use dp_keyspace::{Claim, Device, Owner};
 use dp_proto::events::{EvictEvent, FolderVersion};
 use dp_proto::ping::{PingRequest, PingResponse};
 use dp_proto::query::EasRequest;
-use tokio::time::Instant;
 
 use super::{Context, Finished, Held, Registration, Started, Waiting};
 use crate::http::request::Request;
@@ -48,8 +47,12 @@ pub async fn start(
         device_id: query.device_id.clone(),
         device_type: query.device_type.clone(),
         request_id: shared.next_request_id(),
-        started_at: Utc::now(),
-        started: Instant::now(),
+        // The device's clock started when it sent the request: a heartbeat counted from after
+        // a slow authentication would end later than the device waits, and a Status 2 written
+        // then would go to a device that had given up, yet look heard (I2, `finish::acknowledge`).
+        started_at: Utc::now()
+            - chrono::Duration::from_std(request.received.elapsed()).unwrap_or_default(),
+        started: request.received,
         requested_heartbeat: body.as_ref().ok().and_then(|b| b.heartbeat),
         protocol_version: request
             .protocol_version
