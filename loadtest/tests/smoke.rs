@@ -340,6 +340,10 @@ async fn carrier() {
             "56",
             "--changes-per-sec",
             "60",
+            // A quarter-second minute would leave the devices a quarter-second grace: one
+            // stall of the shared CI machine and they give up on Pings that were answered.
+            "--grace-secs",
+            "1",
         ])
         .collect::<Vec<_>>(),
     )

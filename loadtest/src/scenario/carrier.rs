@@ -35,6 +35,10 @@ pub struct CarrierArgs {
     /// Minutes a device waits past its heartbeat before it gives up on a Ping.
     #[arg(long, default_value_t = 1.0)]
     pub grace_min: f64,
+    /// The same in real seconds, not scaled by `--minute-secs`: the delays a grace absorbs
+    /// (the network, a busy server or machine) do not shrink with the scenario's minute.
+    #[arg(long)]
+    pub grace_secs: Option<f64>,
     /// Minutes the scenario runs.
     #[arg(long, default_value_t = 60.0)]
     pub duration_min: f64,
@@ -59,7 +63,7 @@ pub async fn run(args: CarrierArgs) -> Result<serde_json::Value> {
         start: secs(args.start_min),
         step: secs(args.step_min),
         max: secs(args.max_min),
-        grace_secs: scale(args.grace_min),
+        grace_secs: args.grace_secs.unwrap_or_else(|| scale(args.grace_min)),
     };
     let mut report = Report::new("carrier");
     report.set("minute_secs", args.minute_secs);
