@@ -175,7 +175,7 @@ impl Cluster {
             ca.issue(1);
             ca
         });
-        let mut common = vec![
+        let common = vec![
             ("DATABASE_URL", args.database_url.clone()),
             ("REDIS_URL", args.redis_url.clone()),
             ("REDIS_MODE", args.redis_mode.clone()),
@@ -186,15 +186,7 @@ impl Cluster {
             ("WORKER_THREADS", args.worker_threads.to_string()),
         ];
         let frontend_bin = bin.join("ping-frontend");
-        let status = Command::new(&frontend_bin)
-            .arg("migrate")
-            .envs(common.iter().cloned())
-            .status()
-            .await
-            .with_context(|| format!("running {} migrate", frontend_bin.display()))?;
-        if !status.success() {
-            bail!("ping-frontend migrate failed ({status})");
-        }
+        migrate(&frontend_bin, &common).await?;
         if let Auth::Basic {
             mailboxes,
             password,
@@ -202,66 +194,29 @@ impl Cluster {
         {
             provision(&args.database_url, *mailboxes, password).await?;
         }
-        let mut specs = Vec::new();
-        for w in 0..args.local_watchers {
-            let mut env = common.clone();
-            env.push(("INGEST_TOKEN", token.clone()));
-            env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
-            env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
-            specs.push(Spec {
-                bin: bin.join("mailbox-watcher"),
-                name: format!("lt-w-{w}"),
-                env,
-            });
-        }
-        common.extend([
-            ("MIN_HEARTBEAT", "1".into()),
-            ("MAX_CONNECTIONS", args.frontend_max_connections.to_string()),
-            ("MAX_CONNECTIONS_PER_SOURCE", "0".into()),
-            ("PINGS_PER_DEVICE_PER_MINUTE", "0".into()),
-            ("DATABASE_POOL_SIZE", "2".into()),
-            ("DRAIN_DELAY_SECS", "0".into()),
-            ("DRAIN_SECS", "2".into()),
-        ]);
-        match &auth {
-            Auth::Jwt {
-                issuer, audience, ..
-            } => common.extend([
-                ("AUTH_MODE", "jwt".into()),
-                ("JWT_SECRET", secret),
-                ("JWT_ISSUER", issuer.clone()),
-                ("JWT_AUDIENCE", audience.clone()),
-            ]),
-            Auth::Basic { .. } => common.push(("AUTH_MODE", "local".into())),
-        }
-        if let Some(upstream) = &args.upstream {
-            common.push(("UPSTREAM_URL", upstream.clone()));
-        }
-        use crate::balancer::Balancer;
-        match (&ca, args.balancer) {
-            (Some(_), Balancer::Tls) | (None, _) => {}
-            (Some(ca), _) => {
-                common.push(("TLS_CERT", ca.cert_path().display().to_string()));
-                common.push(("TLS_KEY", ca.key_path().display().to_string()));
-                if args.shared_ticket_keys {
-                    common.push(("TLS_TICKET_KEYS", ticket_keys(ca)?.display().to_string()));
+        let mut specs: Vec<Spec> = (0..args.local_watchers)
+            .map(|w| {
+                let mut env = common.clone();
+                env.push(("INGEST_TOKEN", token.clone()));
+                env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
+                env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
+                Spec {
+                    bin: bin.join("mailbox-watcher"),
+                    name: format!("lt-w-{w}"),
+                    env,
                 }
-            }
-        }
-        if args.balancer != Balancer::None {
-            common.push(("PROXY_PROTOCOL", "true".into()));
-        }
-        for f in 0..args.local_frontends {
-            specs.push(Spec {
-                bin: frontend_bin.clone(),
-                name: format!("lt-fe-{f}"),
-                env: common.clone(),
-            });
-        }
+            })
+            .collect();
+        let env = frontend_env(args, common, &auth, secret, ca.as_ref())?;
+        specs.extend((0..args.local_frontends).map(|f| Spec {
+            bin: frontend_bin.clone(),
+            name: format!("lt-fe-{f}"),
+            env: env.clone(),
+        }));
         let mut watchers = start_all(&specs, &logs).await?;
         let frontends = watchers.split_off(args.local_watchers);
         let balancer = match args.balancer {
-            Balancer::None => None,
+            crate::balancer::Balancer::None => None,
             mode => {
                 let addrs: Vec<SocketAddr> = frontends.iter().map(|n| n.addr).collect();
                 Some(crate::balancer::start(mode, &addrs, ca.as_ref(), &logs).await?)
@@ -383,7 +338,7 @@ fn free_port() -> Result<SocketAddr> {
 struct Spec {
     bin: PathBuf,
     name: String,
-    env: Vec<(&'static str, String)>,
+    env: Env,
 }
 
 /// Starts every node, then waits for each to be ready. One that exits first is started again
@@ -471,6 +426,71 @@ pub fn ticket_keys(ca: &dp_testkit::tls::TestCa) -> Result<PathBuf> {
     std::fs::write(&path, format!("{line}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+type Env = Vec<(&'static str, String)>;
+
+/// The frontends' schema, made once before any of them starts.
+async fn migrate(frontend_bin: &Path, common: &Env) -> Result<()> {
+    let status = Command::new(frontend_bin)
+        .arg("migrate")
+        .envs(common.iter().cloned())
+        .status()
+        .await
+        .with_context(|| format!("running {} migrate", frontend_bin.display()))?;
+    if !status.success() {
+        bail!("ping-frontend migrate failed ({status})");
+    }
+    Ok(())
+}
+
+/// The local frontends' settings: the load test's limits, its authentication, and TLS unless a
+/// balancer terminates it.
+fn frontend_env(
+    args: &ClusterArgs,
+    mut env: Env,
+    auth: &Auth,
+    secret: String,
+    ca: Option<&dp_testkit::tls::TestCa>,
+) -> Result<Env> {
+    use crate::balancer::Balancer;
+    env.extend([
+        ("MIN_HEARTBEAT", "1".into()),
+        ("MAX_CONNECTIONS", args.frontend_max_connections.to_string()),
+        ("MAX_CONNECTIONS_PER_SOURCE", "0".into()),
+        ("PINGS_PER_DEVICE_PER_MINUTE", "0".into()),
+        ("DATABASE_POOL_SIZE", "2".into()),
+        ("DRAIN_DELAY_SECS", "0".into()),
+        ("DRAIN_SECS", "2".into()),
+    ]);
+    match auth {
+        Auth::Jwt {
+            issuer, audience, ..
+        } => env.extend([
+            ("AUTH_MODE", "jwt".into()),
+            ("JWT_SECRET", secret),
+            ("JWT_ISSUER", issuer.clone()),
+            ("JWT_AUDIENCE", audience.clone()),
+        ]),
+        Auth::Basic { .. } => env.push(("AUTH_MODE", "local".into())),
+    }
+    if let Some(upstream) = &args.upstream {
+        env.push(("UPSTREAM_URL", upstream.clone()));
+    }
+    match (ca, args.balancer) {
+        (Some(_), Balancer::Tls) | (None, _) => {}
+        (Some(ca), _) => {
+            env.push(("TLS_CERT", ca.cert_path().display().to_string()));
+            env.push(("TLS_KEY", ca.key_path().display().to_string()));
+            if args.shared_ticket_keys {
+                env.push(("TLS_TICKET_KEYS", ticket_keys(ca)?.display().to_string()));
+            }
+        }
+    }
+    if args.balancer != Balancer::None {
+        env.push(("PROXY_PROTOCOL", "true".into()));
+    }
+    Ok(env)
 }
 
 #[cfg(test)]
