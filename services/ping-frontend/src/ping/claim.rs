@@ -41,6 +41,7 @@ pub async fn start(
     request: &Request,
 ) -> Started {
     let body = PingRequest::parse(&request.body);
+    let age = request.age();
     let context = Context {
         key: key.into(),
         mailbox,
@@ -50,9 +51,10 @@ pub async fn start(
         // The device's clock started when it sent the request: a heartbeat counted from after
         // a slow authentication would end later than the device waits, and a Status 2 written
         // then would go to a device that had given up, yet look heard (I2, `finish::acknowledge`).
-        started_at: Utc::now()
-            - chrono::Duration::from_std(request.received.elapsed()).unwrap_or_default(),
-        started: request.received,
+        started_at: Utc::now() - chrono::Duration::from_std(age).unwrap_or_default(),
+        started: tokio::time::Instant::now()
+            .checked_sub(age)
+            .unwrap_or_else(tokio::time::Instant::now),
         requested_heartbeat: body.as_ref().ok().and_then(|b| b.heartbeat),
         protocol_version: request
             .protocol_version
