@@ -366,6 +366,24 @@ fn read_headers(request: &mut Request, headers: &[httparse::Header]) -> Result<F
 mod tests {
     use super::*;
 
+    // A fresh process's clock is near zero, so the arrival 1.5 s back wraps below it.
+    #[test]
+    fn a_requests_age_survives_the_clock_wrapping() {
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+        let (_, mut request) = parse_head(raw, SizeLimits::default())
+            .expect("valid")
+            .expect("complete");
+        assert!(request.age() < std::time::Duration::from_secs(1));
+        for back in [1_500, u32::MAX / 2] {
+            request.received_ms = clock_ms().wrapping_sub(back);
+            let age = request.age().as_millis();
+            assert!(
+                (u128::from(back)..u128::from(back) + 1_000).contains(&age),
+                "{back} ms back read as {age} ms"
+            );
+        }
+    }
+
     #[test]
     fn parses_a_ping_head() {
         let raw = b"POST /Microsoft-Server-ActiveSync?Cmd=Ping&User=a HTTP/1.1\r\nHost: x\r\n\
