@@ -171,6 +171,18 @@ impl Records {
     }
 
     fn seal(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        self.seal_padded(kind, data, 0, out)
+    }
+
+    /// Seals one record of any type; TLS 1.3 adds `padding` zeros after the type (we send none;
+    /// the tests' devices do, as RFC 8446 section 5.4 allows).
+    pub(super) fn seal_padded(
+        &mut self,
+        kind: u8,
+        data: &[u8],
+        padding: usize,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let (key, nonce, seq) = self.tx.next()?;
         let start = out.len();
         let sealing = |out: &mut Vec<u8>, body: usize, aad: &[u8]| {
@@ -186,11 +198,12 @@ impl Records {
         };
         if self.tls13 {
             // The real type goes inside; outside every record is application data.
-            let len = record_len(data.len() + 1 + TAG)?;
+            let len = record_len(data.len() + 1 + padding + TAG)?;
             let header = [APPLICATION_DATA, 3, 3, len[0], len[1]];
             out.extend_from_slice(&header);
             out.extend_from_slice(data);
             out.push(kind);
+            out.resize(out.len() + padding, 0);
             sealing(out, start + HEADER, &header)
         } else {
             let explicit = self.tx.tls12_explicit_nonce();
@@ -300,12 +313,17 @@ impl Records {
         }
     }
 
-    /// TLS 1.3 handshake messages after the handshake: only KeyUpdate is expected of a client.
+    /// TLS 1.3 handshake messages after the handshake: only KeyUpdate is expected of a client,
+    /// and it must end its record, for what follows it is under the next key (RFC 8446 section
+    /// 5.1, which also forbids empty handshake records).
     fn post_handshake(
         &mut self,
         mut messages: &[u8],
         outgoing: &mut Vec<u8>,
     ) -> std::io::Result<()> {
+        if messages.is_empty() {
+            return Err(invalid("empty TLS handshake record"));
+        }
         while !messages.is_empty() {
             let (kind, body, rest) = match messages {
                 [kind, a, b, c, rest @ ..] => {
@@ -322,6 +340,9 @@ impl Records {
                 (KEY_UPDATE, [1]) => true,
                 _ => return Err(invalid(format!("unexpected TLS handshake message {kind}"))),
             };
+            if !rest.is_empty() {
+                return Err(invalid("TLS KeyUpdate not at the end of its record"));
+            }
             self.rx = self.next_secret(KernelConnection::update_rx_secret)?;
             if requested {
                 // Ours, under the old key, announces the new one; update_not_requested.
@@ -331,6 +352,19 @@ impl Records {
             messages = rest;
         }
         Ok(())
+    }
+}
+
+/// The device's side, for the tests: a client's keys, sealing whatever a device might send.
+#[cfg(test)]
+impl Records {
+    pub fn device(tls13: bool, secrets: ExtractedSecrets) -> std::io::Result<Records> {
+        Ok(Records {
+            tls13,
+            tx: Secret::new(secrets.tx)?,
+            rx: Secret::new(secrets.rx)?,
+            keys: None,
+        })
     }
 }
 

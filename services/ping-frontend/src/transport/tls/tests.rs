@@ -6,6 +6,8 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod any_record;
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -37,11 +39,13 @@ fn configs_with(
     if let Some(suite) = suite {
         client_provider.cipher_suites = vec![suite];
     }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
         .with_protocol_versions(&[version])
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // So a test can play a device that sends records of its own making.
+    client.enable_secret_extraction = true;
     (
         Arc::new(server),
         tokio_rustls::TlsConnector::from(Arc::new(client)),
