@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
+use crate::balancer::Balancer;
 use crate::plan::Auth;
 use crate::probe;
 
@@ -89,7 +90,7 @@ pub struct ClusterArgs {
     /// HAProxy in front of the local frontends: `tcp` relays (TLS ends at the frontends),
     /// `tls` ends TLS itself (with --tls); both pass the client's address in PROXY v2.
     #[arg(long, value_enum, default_value = "none")]
-    pub balancer: crate::balancer::Balancer,
+    pub balancer: Balancer,
     /// Speak TLS; a local cluster gets a fresh CA and certificate.
     #[arg(long)]
     pub tls: bool,
@@ -216,7 +217,7 @@ impl Cluster {
         let mut watchers = start_all(&specs, &logs).await?;
         let frontends = watchers.split_off(args.local_watchers);
         let balancer = match args.balancer {
-            crate::balancer::Balancer::None => None,
+            Balancer::None => None,
             mode => {
                 let addrs: Vec<SocketAddr> = frontends.iter().map(|n| n.addr).collect();
                 Some(crate::balancer::start(mode, &addrs, ca.as_ref(), &logs).await?)
@@ -453,7 +454,6 @@ fn frontend_env(
     secret: String,
     ca: Option<&dp_testkit::tls::TestCa>,
 ) -> Result<Env> {
-    use crate::balancer::Balancer;
     env.extend([
         ("MIN_HEARTBEAT", "1".into()),
         ("MAX_CONNECTIONS", args.frontend_max_connections.to_string()),
