@@ -79,13 +79,38 @@ pub async fn run(args: StoreArgs) -> Result<serde_json::Value> {
     )
     .await;
     env.account(&user.name, "pw").await;
-    let mut device = Device::new(frontend.addr, &user.name, "pw", "bench1");
+    let device = Device::new(frontend.addr, &user.name, "pw", "bench1");
+    let (p50, p99) = summary(lmtp(&env, device, &user, args.deliveries).await?);
+    if args.deliveries > 0 {
+        println!(
+            "LMTP delivery -> Status 2 ({} deliveries): p50 {p50:.2} ms, p99 {p99:.2} ms",
+            args.deliveries
+        );
+    }
+    let mut out = serde_json::json!({
+        "lmtp_to_status2_ms": {"p50": p50, "p99": p99, "n": args.deliveries},
+        "lda_ms": lda(&user, args.lda).await?,
+    });
+    if args.imap_mailboxes > 0 {
+        out["imap"] = imap(&env, &args).await?;
+    }
+    env.cleanup().await;
+    Ok(out)
+}
+
+/// Delivers `deliveries` messages over LMTP, each while the device's Ping is parked: how long
+/// from each delivery to the Status 2 it brought.
+async fn lmtp(
+    env: &Env,
+    mut device: Device,
+    user: &MailUser,
+    deliveries: usize,
+) -> Result<Vec<Duration>> {
     let folders = encode(&Element::new(7, 0x16).child(Element::with_text(7, 0x12, "0")))?;
     device.command(Command::FolderSync, &folders, "").await?;
-
     let mut woken = Vec::new();
     let mut owner = None;
-    for _ in 0..args.deliveries {
+    for _ in 0..deliveries {
         let mut parked = device;
         let task = tokio::spawn(async move {
             let answer = parked
@@ -113,17 +138,15 @@ pub async fn run(args: StoreArgs) -> Result<serde_json::Value> {
             .command(Command::Sync, &sync_request("mail/INBOX", "k1"), "")
             .await?;
     }
-    let (p50, p99) = summary(woken);
-    if args.deliveries > 0 {
-        println!(
-            "LMTP delivery -> Status 2 ({} deliveries): p50 {p50:.2} ms, p99 {p99:.2} ms",
-            args.deliveries
-        );
-    }
+    Ok(woken)
+}
 
+/// What the script adds to a `dovecot-lda` delivery: `n` deliveries to a user with it, and as
+/// many to one without.
+async fn lda(user: &MailUser, n: usize) -> Result<serde_json::Value> {
     let plain = MailUser::create("plain", &[]).await;
     let (mut with, mut without) = (Vec::new(), Vec::new());
-    for _ in 0..args.lda {
+    for _ in 0..n {
         let (_, message) = dovecot::message(&user.name);
         with.push(user.deliver_lda(&message).await?);
         without.push(plain.deliver_lda(&message).await?);
@@ -131,18 +154,12 @@ pub async fn run(args: StoreArgs) -> Result<serde_json::Value> {
     let (with50, with99) = summary(with);
     let (without50, without99) = summary(without);
     println!(
-        "dovecot-lda ({} each): with the script p50 {with50:.1} ms p99 {with99:.1} ms; without p50 {without50:.1} ms p99 {without99:.1} ms",
-        args.lda
+        "dovecot-lda ({n} each): with the script p50 {with50:.1} ms p99 {with99:.1} ms; without p50 {without50:.1} ms p99 {without99:.1} ms"
     );
-    let mut out = serde_json::json!({
-        "lmtp_to_status2_ms": {"p50": p50, "p99": p99, "n": args.deliveries},
-        "lda_ms": {"with_script_p50": with50, "with_script_p99": with99, "without_p50": without50, "without_p99": without99, "n": args.lda},
-    });
-    if args.imap_mailboxes > 0 {
-        out["imap"] = imap(&env, &args).await?;
-    }
-    env.cleanup().await;
-    Ok(out)
+    Ok(serde_json::json!({
+        "with_script_p50": with50, "with_script_p99": with99,
+        "without_p50": without50, "without_p99": without99, "n": n,
+    }))
 }
 
 /// A release watcher with only the imap role, as its own process.
@@ -175,6 +192,22 @@ impl Replica {
                 )
             })?;
         Ok(Replica { child, admin })
+    }
+
+    /// Started, serving its metrics and ready: its runtime settled before a baseline is read.
+    async fn ready(env: &Env, bin: &PathBuf, pod: &str) -> Result<Replica> {
+        let replica = Replica::start(env, bin, pod)?;
+        until(pod, Duration::from_secs(20), async || {
+            replica.metric("dp_watcher_imap_watched").await == 0.0 && replica.rss() > 0
+        })
+        .await?;
+        until("a replica ready", Duration::from_secs(20), async || {
+            dp_testkit::client::http_get(replica.admin, "/readyz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await?;
+        Ok(replica)
     }
 
     fn rss(&self) -> u64 {
@@ -210,18 +243,7 @@ async fn imap(env: &Env, args: &StoreArgs) -> Result<serde_json::Value> {
     let n = args.imap_mailboxes;
     let store = dp_keyspace::Store::new(&env.namespace, 86_400);
     let mut redis = env.redis().await;
-    let a = Replica::start(env, &args.watcher_bin, "imap-a")?;
-    until("replica a", Duration::from_secs(20), async || {
-        a.metric("dp_watcher_imap_watched").await == 0.0 && a.rss() > 0
-    })
-    .await?;
-    // Let its runtime settle before the baseline.
-    until("replica a ready", Duration::from_secs(20), async || {
-        dp_testkit::client::http_get(a.admin, "/readyz")
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
-    .await?;
+    let a = Replica::ready(env, &args.watcher_bin, "imap-a").await?;
     let before = a.rss();
     let until_ms = dp_runtime_now_ms() + 3_600_000;
     let users = MailUser::create_many("watched", n, &[]).await;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyReader};
 use super::headers;
-use super::observe::{self, Read, Tap};
+use super::observe::{self, Tap};
 use crate::http::request::{Framing, Request};
 use crate::http::response;
 use crate::transport::Transport;
@@ -65,7 +65,7 @@ pub async fn forward<S: Transport>(
             return Ok(request.keep_alive);
         }
     }
-    let mut learning = learning(shared, &request, query).await;
+    let learning = learning(shared, &request, query).await;
     let (call, tx, mut request_tap) = upstream_call(shared, upstream, &request, &learning, peer);
     if request.expect_continue && request.framing != Framing::Length(0) {
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -80,13 +80,12 @@ pub async fn forward<S: Transport>(
     if let Err(err) = &pumped {
         tracing::info!(command = label, reason = %err, "request body from the device failed");
     }
+    let sent = sent
+        .map_err(|_| format!("no answer within {}s", timeout.as_secs()))
+        .and_then(|sent| sent.map_err(|err| error_chain(&err)));
     let answer = match sent {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(err)) => return unavailable(shared, stream, label, error_chain(&err)).await,
-        Err(_) => {
-            let reason = format!("no answer within {}s", timeout.as_secs());
-            return unavailable(shared, stream, label, reason).await;
-        }
+        Ok(answer) => answer,
+        Err(reason) => return unavailable(shared, stream, label, reason).await,
     };
     let status = answer.status();
     shared.metrics.proxied(label, status.as_u16());
@@ -108,13 +107,7 @@ pub async fn forward<S: Transport>(
         tracing::info!(command = label, %reason, "answer from the upstream cut short");
         return Ok(false);
     }
-    if let (Some(learning), Some(request_tap), Some(response_tap)) =
-        (learning.as_mut(), request_tap, response_tap)
-    {
-        if let (Some(asked), Some(answered)) = (request_tap.finish(), response_tap.finish()) {
-            learn(shared, learning, &asked, &answered).await;
-        }
-    }
+    learn(shared, learning, request_tap, response_tap).await;
     Ok(keep_alive)
 }
 
@@ -258,14 +251,26 @@ async fn learning(
     Some(learning)
 }
 
-async fn learn(shared: &Shared, learning: &Learning, asked: &Read, answered: &Read) {
+/// What a Sync or FolderSync answered whole teaches: both taps read to the end, or nothing.
+async fn learn(
+    shared: &Shared,
+    learning: Option<Learning>,
+    asked: Option<Tap>,
+    answered: Option<Tap>,
+) {
+    let (Some(learning), Some(asked), Some(answered)) = (learning, asked, answered) else {
+        return;
+    };
+    let (Some(asked), Some(answered)) = (asked.finish(), answered.finish()) else {
+        return;
+    };
     match (&learning.start, learning.command) {
         (Some(start), Command::Sync) => {
-            observe::sync(shared, learning.device(), start, asked, answered).await
+            observe::sync(shared, learning.device(), start, &asked, &answered).await
         }
         (_, Command::FolderSync) => {
             let device = learning.device();
-            observe::folder_sync(shared, device, learning.hierarchy, asked, answered).await
+            observe::folder_sync(shared, device, learning.hierarchy, &asked, &answered).await
         }
         _ => {}
     }

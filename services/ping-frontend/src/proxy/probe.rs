@@ -125,13 +125,8 @@ async fn ask(
     credentials: &Credentials,
 ) -> Result<Probed, String> {
     let upstream = shared.upstream.as_ref().ok_or("no upstream")?;
-    let mut redis = shared.redis.clone();
     let ids: Vec<&str> = folders.iter().map(|f| f.id.as_str()).collect();
-    let keys = shared.store.sync_keys(&mut redis, device, &ids);
-    let keys = tokio::time::timeout(shared.config.redis_timeout, keys)
-        .await
-        .map_err(|_| "Redis timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let keys = sync_keys(shared, device, &ids).await?;
     let known: Vec<(&str, &str)> = ids
         .iter()
         .zip(&keys)
@@ -141,6 +136,43 @@ async fn ask(
         // No Sync of these folders seen yet: nothing to estimate from.
         return Ok(Probed::Nothing);
     }
+    let call = estimate_call(upstream, device, credentials, &known);
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, call.send())
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|e| super::forward::error_chain(&e))?;
+    let status = answer.status().as_u16();
+    if matches!(status, 401 | 403 | 449 | 451) {
+        return Ok(Probed::Http(status));
+    }
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
+    }
+    let body = answer.bytes().await.map_err(|e| e.to_string())?;
+    Ok(estimated(&body))
+}
+
+/// The SyncKeys the device last got for these folders, where a Sync of them was seen.
+async fn sync_keys(
+    shared: &Shared,
+    device: Device<'_>,
+    ids: &[&str],
+) -> Result<Vec<Option<String>>, String> {
+    let mut redis = shared.redis.clone();
+    let keys = shared.store.sync_keys(&mut redis, device, ids);
+    tokio::time::timeout(shared.config.redis_timeout, keys)
+        .await
+        .map_err(|_| "Redis timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// The GetItemEstimate request, made as the device's own would be.
+fn estimate_call(
+    upstream: &super::Upstream,
+    device: Device<'_>,
+    credentials: &Credentials,
+    known: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
     let mut url = upstream.config.url.clone();
     url.query_pairs_mut()
         .append_pair("Cmd", "GetItemEstimate")
@@ -163,26 +195,20 @@ async fn ask(
     if let Some(agent) = &credentials.user_agent {
         call = call.header("User-Agent", agent);
     }
-    let answer = tokio::time::timeout(PROBE_TIMEOUT, call.send())
-        .await
-        .map_err(|_| "no answer in time".to_owned())?
-        .map_err(|e| super::forward::error_chain(&e))?;
-    let status = answer.status().as_u16();
-    if matches!(status, 401 | 403 | 449 | 451) {
-        return Ok(Probed::Http(status));
-    }
-    if status != 200 {
-        return Err(format!("HTTP {status}"));
-    }
-    let body = answer.bytes().await.map_err(|e| e.to_string())?;
-    let (estimates, _): (Estimates, bool) = dp_proto::sync::scan(&body);
+    call
+}
+
+/// What a GetItemEstimate answer says the device must hear: a status of its own (140 and up),
+/// folders with items waiting, or nothing.
+fn estimated(body: &[u8]) -> Probed {
+    let (estimates, _): (Estimates, bool) = dp_proto::sync::scan(body);
     if let Some(global) = estimates
         .status
         .and_then(|s| u8::try_from(s).ok())
         .and_then(PingStatus::from_code)
         .filter(|s| s.code() >= 140)
     {
-        return Ok(Probed::Status(global));
+        return Probed::Status(global);
     }
     let waiting: Vec<String> = estimates
         .collections
@@ -190,9 +216,9 @@ async fn ask(
         .filter(|(_, status, estimate)| status.is_none_or(|s| s == 1) && estimate.unwrap_or(0) > 0)
         .map(|(id, _, _)| id)
         .collect();
-    Ok(if waiting.is_empty() {
+    if waiting.is_empty() {
         Probed::Nothing
     } else {
         Probed::Changed(waiting)
-    })
+    }
 }
