@@ -251,10 +251,7 @@ impl Records {
                     [_, alert] => return Err(invalid(format!("TLS alert {alert} received"))),
                     _ => return Err(invalid("malformed TLS alert")),
                 },
-                HANDSHAKE if self.tls13 => {
-                    let messages = incoming[body].to_vec();
-                    self.post_handshake(&messages, outgoing)?;
-                }
+                HANDSHAKE if self.tls13 => self.post_handshake(&incoming[body], outgoing)?,
                 HANDSHAKE => return Err(invalid("TLS 1.2 renegotiation is not supported")),
                 other => return Err(invalid(format!("unexpected TLS record type {other}"))),
             }
@@ -313,43 +310,23 @@ impl Records {
         }
     }
 
-    /// TLS 1.3 handshake messages after the handshake: only KeyUpdate is expected of a client,
-    /// and it must end its record, for what follows it is under the next key (RFC 8446 section
-    /// 5.1, which also forbids empty handshake records).
-    fn post_handshake(
-        &mut self,
-        mut messages: &[u8],
-        outgoing: &mut Vec<u8>,
-    ) -> std::io::Result<()> {
-        if messages.is_empty() {
-            return Err(invalid("empty TLS handshake record"));
-        }
-        while !messages.is_empty() {
-            let (kind, body, rest) = match messages {
-                [kind, a, b, c, rest @ ..] => {
-                    let len = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
-                    if rest.len() < len {
-                        return Err(invalid("TLS handshake message split across records"));
-                    }
-                    (*kind, &rest[..len], &rest[len..])
-                }
-                _ => return Err(invalid("truncated TLS handshake message")),
-            };
-            let requested = match (kind, body) {
-                (KEY_UPDATE, [0]) => false,
-                (KEY_UPDATE, [1]) => true,
-                _ => return Err(invalid(format!("unexpected TLS handshake message {kind}"))),
-            };
-            if !rest.is_empty() {
-                return Err(invalid("TLS KeyUpdate not at the end of its record"));
+    /// TLS 1.3 handshake records after the handshake: a client may send only a KeyUpdate, and
+    /// alone in its record, for what follows it is under the next key (RFC 8446 section 5.1,
+    /// which also forbids empty handshake records).
+    fn post_handshake(&mut self, record: &[u8], outgoing: &mut Vec<u8>) -> std::io::Result<()> {
+        let requested = match record {
+            [KEY_UPDATE, 0, 0, 1, update @ (0 | 1)] => *update == 1,
+            [KEY_UPDATE, 0, 0, 1, 0 | 1, ..] => {
+                return Err(invalid("TLS KeyUpdate not alone in its record"))
             }
-            self.rx = self.next_secret(KernelConnection::update_rx_secret)?;
-            if requested {
-                // Ours, under the old key, announces the new one; update_not_requested.
-                self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], outgoing)?;
-                self.tx = self.next_secret(KernelConnection::update_tx_secret)?;
-            }
-            messages = rest;
+            [] => return Err(invalid("empty TLS handshake record")),
+            [kind, ..] => return Err(invalid(format!("unexpected TLS handshake message {kind}"))),
+        };
+        self.rx = self.next_secret(KernelConnection::update_rx_secret)?;
+        if requested {
+            // Ours, under the old key, announces the new one; update_not_requested.
+            self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], outgoing)?;
+            self.tx = self.next_secret(KernelConnection::update_tx_secret)?;
         }
         Ok(())
     }
