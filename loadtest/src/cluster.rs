@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
+use dp_testkit::namespace::{Cleared, Namespace};
+
 use crate::balancer::Balancer;
 use crate::plan::Auth;
 use crate::probe;
@@ -56,9 +58,14 @@ pub struct ClusterArgs {
     pub redis_mode: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// The local cluster's DP_NAMESPACE.
+    /// The local cluster's DP_NAMESPACE. Its Redis keys, streams and recorded Redis epochs are
+    /// cleared before the local cluster starts and after it stops (a run starts from nothing,
+    /// as a new deployment).
     #[arg(long, env = "DP_NAMESPACE", default_value = "loadtest")]
     pub namespace: String,
+    /// Leave the local cluster's Redis keys and streams after the run, to look at them.
+    #[arg(long)]
+    pub keep_state: bool,
     /// A running deployment's device addresses (frontends or their load balancer).
     #[arg(long, value_delimiter = ',')]
     pub frontend: Vec<SocketAddr>,
@@ -149,6 +156,8 @@ pub struct Cluster {
     pub watchers: Vec<Node>,
     /// HAProxy in front of the frontends (`--balancer`).
     pub balancer: Option<Node>,
+    /// A local cluster's settings: its namespace is cleared when it stops.
+    local: Option<ClusterArgs>,
     _ca: Option<dp_testkit::tls::TestCa>,
 }
 
@@ -188,6 +197,7 @@ impl Cluster {
         ];
         let frontend_bin = bin.join("ping-frontend");
         migrate(&frontend_bin, &common).await?;
+        clear("before the run", args).await?;
         if let Auth::Basic {
             mailboxes,
             password,
@@ -231,6 +241,7 @@ impl Cluster {
             frontends,
             watchers,
             balancer,
+            local: Some(args.clone()),
             _ca: ca,
         })
     }
@@ -267,8 +278,27 @@ impl Cluster {
             tls_ca: args.tls_ca.clone(),
             watchers: Vec::new(),
             balancer: None,
+            local: None,
             _ca: None,
         })
+    }
+
+    /// Stops a local cluster's processes, then clears the namespace they wrote in (unless
+    /// --keep-state); a running deployment is left as it is.
+    pub async fn stop(mut self) -> Result<()> {
+        let Some(args) = self.local.take() else {
+            return Ok(());
+        };
+        let nodes = self.frontends.iter_mut().chain(&mut self.watchers);
+        for node in nodes.chain(&mut self.balancer) {
+            if node.pid.is_some() {
+                node.kill().await?;
+            }
+        }
+        match args.keep_state {
+            true => Ok(()),
+            false => clear("after the run", &args).await,
+        }
     }
 
     /// Parked Pings over the frontends (a killed one holds none), and how many did not answer.
@@ -293,6 +323,35 @@ impl Cluster {
             None => self.frontends.iter().map(|n| n.addr).collect(),
         }
     }
+}
+
+/// Clears the namespace's Redis keys and streams; says so when it held any.
+async fn clear(when: &str, args: &ClusterArgs) -> Result<()> {
+    let cleared = Namespace {
+        name: &args.namespace,
+        redis_mode: &args.redis_mode,
+        redis_url: &args.redis_url,
+        nats_url: &args.nats_url,
+    }
+    .clear()
+    .await
+    .with_context(|| format!("clearing namespace {} {when}", args.namespace))?;
+    // Without this the frontends would take the cleared keys for a lost Redis, and tell every
+    // device of its folders again: a duplicate wake per device, and a database read each.
+    let pool = sqlx::PgPool::connect(&args.database_url)
+        .await
+        .context("connecting to the database")?;
+    let epochs = dp_db::history::forget_epochs(&pool, &args.namespace)
+        .await
+        .with_context(|| format!("forgetting namespace {}'s Redis epochs", args.namespace))?;
+    pool.close().await;
+    if cleared != Cleared::default() || epochs > 0 {
+        eprintln!(
+            "loadtest: cleared namespace {} {when}: {} Redis keys, {} streams, {epochs} epochs",
+            args.namespace, cleared.keys, cleared.streams
+        );
+    }
+    Ok(())
 }
 
 fn auth(args: &ClusterArgs, secret: Option<String>) -> Result<Auth> {

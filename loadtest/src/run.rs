@@ -258,11 +258,16 @@ impl Run {
         out
     }
 
-    /// Stops the devices, adds what they reported, draws the timeline charts.
-    pub fn finish(mut self, mut report: Report) -> Result<serde_json::Value> {
+    /// Stops the devices and a local cluster (clearing its namespace), adds what they
+    /// reported, draws the timeline charts.
+    pub async fn finish(mut self, mut report: Report) -> Result<serde_json::Value> {
         self.fleet = None;
         for task in &self.tasks {
             task.abort();
+        }
+        if let Err(e) = self.cluster.stop().await {
+            // The figures are still worth their report; the next local run clears again.
+            eprintln!("loadtest: the local cluster's state stays: {e:#}");
         }
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         if let Ok(c) = self.collected.lock() {

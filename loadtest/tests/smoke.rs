@@ -72,6 +72,15 @@ fn print_warnings(logs: &Path) {
     }
 }
 
+/// The Redis epochs recorded for the test's namespace.
+async fn epochs(env: &Env) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM redis_epochs WHERE namespace = $1")
+        .bind(&env.namespace)
+        .fetch_one(&env.pool)
+        .await
+        .expect("counts epochs")
+}
+
 fn number(report: &Value, key: &str) -> f64 {
     report[key]
         .as_f64()
@@ -126,6 +135,14 @@ async fn park_and_wake() {
     assert_eq!(each.len(), 2, "{report:#}");
     let parked_each: f64 = each.iter().filter_map(|f| f["parked"].as_f64()).sum();
     assert_eq!(parked_each, 2000.0, "each frontend's parked count adds up");
+    assert_eq!(
+        env.keys().await,
+        Vec::<String>::new(),
+        "the run leaves no Redis key"
+    );
+    assert!(!env.stream_exists("changes").await, "nor its change stream");
+    assert!(!env.stream_exists("woken").await, "nor its woken stream");
+    assert_eq!(epochs(&env).await, 0, "nor its Redis epochs");
     env.cleanup().await;
 }
 
@@ -199,10 +216,25 @@ async fn park_behind_a_tls_balancer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn storm() {
     let env = Env::new().await;
+    // What an interrupted run would leave: the next run starts without it.
+    let stale = format!("{}:stale", env.namespace);
+    let () = redis::cmd("SET")
+        .arg(&stale)
+        .arg("from an earlier run")
+        .query_async(&mut env.redis().await)
+        .await
+        .expect("SET");
+    // An earlier incarnation on record would make every device hear its folders again.
+    sqlx::query("INSERT INTO redis_epochs (namespace, epoch) VALUES ($1, 'stale')")
+        .bind(&env.namespace)
+        .execute(&env.pool)
+        .await
+        .expect("INSERT");
     let report = loadtest(
         &env,
         &[
             "storm",
+            "--keep-state",
             "--local-frontends",
             "3",
             "--devices",
@@ -226,6 +258,15 @@ async fn storm() {
     assert_eq!(number(&report, "parked_again"), 1500.0, "{report:#}");
     assert!(number(&report, "all_parked_again_secs") > 0.0);
     assert_eq!(number(&report, "missed_wakes"), 0.0, "{report:#}");
+    let keys = env.keys().await;
+    assert!(!keys.contains(&stale), "cleared before the run");
+    assert!(!keys.is_empty(), "--keep-state keeps the run's keys");
+    assert!(env.stream_exists("changes").await, "and its streams");
+    assert_eq!(
+        epochs(&env).await,
+        1,
+        "only this run's Redis epoch is recorded"
+    );
     env.cleanup().await;
 }
 

@@ -112,7 +112,7 @@ pub async fn run(args: CarrierArgs) -> Result<serde_json::Value> {
             run.args.devices,
         ),
     );
-    run.finish(report)
+    run.finish(report).await
 }
 
 /// Where each device's heartbeat ended and when it got there.

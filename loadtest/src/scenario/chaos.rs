@@ -93,7 +93,7 @@ pub async fn run(mut args: ChaosArgs) -> Result<serde_json::Value> {
             .unwrap_or(0.0);
     }
     report.set("redis_state_losses_seen", losses);
-    let out = run.finish(report)?;
+    let out = run.finish(report).await?;
     drop((redis, nats));
     if !matched.misses.is_empty() {
         bail!("{} changes were not heard (I1)", matched.misses.len());

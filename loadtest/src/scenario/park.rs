@@ -26,5 +26,5 @@ pub async fn run(args: ParkArgs) -> Result<serde_json::Value> {
         tokio::time::sleep(Duration::from_secs(args.hold_secs)).await;
         report.set("parked_after_hold", run.parked().await);
     }
-    run.finish(report)
+    run.finish(report).await
 }

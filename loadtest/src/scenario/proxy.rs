@@ -77,5 +77,5 @@ pub async fn run(mut args: WakeArgs) -> Result<serde_json::Value> {
         counts.pings.load(Ordering::Relaxed),
     );
     report.set("parked_after", run.parked().await);
-    run.finish(report)
+    run.finish(report).await
 }

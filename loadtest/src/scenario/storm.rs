@@ -83,7 +83,7 @@ pub async fn run(args: StormArgs) -> Result<serde_json::Value> {
         &mut report,
     )
     .await?;
-    run.finish(report)
+    run.finish(report).await
 }
 
 /// What the surviving frontends spent taking the displaced devices in: CPU, and with TLS the

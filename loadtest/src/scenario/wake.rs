@@ -32,7 +32,7 @@ pub async fn run(args: WakeArgs) -> Result<serde_json::Value> {
         .await?;
     changes(&run, &args, &mut report).await?;
     report.set("parked_after", run.parked().await);
-    run.finish(report)
+    run.finish(report).await
 }
 
 /// With the devices parked: changes at the set rate for the set time, then their wakes

@@ -392,3 +392,14 @@ pub async fn record_epoch(
     .fetch_one(pool)
     .await
 }
+
+/// Forgets `namespace`'s recorded Redis incarnations: for a namespace cleared on purpose (a
+/// load-test run starting from nothing), so its devices are taken for new again rather than
+/// told of their folders as after a loss. Returns how many were recorded.
+pub async fn forget_epochs(pool: &PgPool, namespace: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM redis_epochs WHERE namespace = $1")
+        .bind(namespace)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::PgPool;
 
+use crate::namespace::Namespace;
+
 pub struct Env {
     pub namespace: String,
     pub database: String,
@@ -172,36 +174,25 @@ impl Env {
         .await
     }
 
-    /// Removes what the test left: Redis keys, the JetStream stream, the database.
+    /// Where the test's namespace keeps its state in Redis and NATS.
+    pub fn stores(&self) -> Namespace<'_> {
+        Namespace {
+            name: &self.namespace,
+            redis_mode: &self.redis_mode,
+            redis_url: &self.redis_url,
+            nats_url: &self.nats_url,
+        }
+    }
+
+    /// The Redis keys of the test's namespace.
+    pub async fn keys(&self) -> Vec<String> {
+        self.stores().keys().await.expect("the namespace's keys")
+    }
+
+    /// Removes what the test left: Redis keys, the JetStream streams, the database.
     pub async fn cleanup(self) {
-        if let Ok(mut conn) = self.try_redis().await {
-            // KEYS goes to every primary of a cluster; there DEL key by key, as their slots differ.
-            let pattern = dp_keyspace::Keyspace::new(&self.namespace).all_keys_pattern();
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(pattern)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            let batches: Vec<Vec<String>> = match self.redis_mode.as_str() {
-                "cluster" => keys.into_iter().map(|k| vec![k]).collect(),
-                _ => vec![keys],
-            };
-            for batch in batches.into_iter().filter(|b| !b.is_empty()) {
-                let _: redis::RedisResult<()> =
-                    redis::cmd("DEL").arg(batch).query_async(&mut conn).await;
-            }
-        }
-        if let Ok(nats) = self.try_nats().await {
-            let js = async_nats::jetstream::new(nats);
-            let subjects = dp_proto::events::Subjects::new(&self.namespace);
-            for stream in [
-                subjects.stream(),
-                subjects.dead_stream(),
-                subjects.woken_stream(),
-            ] {
-                let _ = js.delete_stream(stream).await;
-            }
-        }
+        // Best effort: a test that broke a store on purpose may leave it unreachable.
+        let _ = self.stores().clear().await;
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&self.admin_url).await {
             let _ = sqlx::query(&format!(

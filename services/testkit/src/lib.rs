@@ -9,6 +9,7 @@ pub mod client;
 pub mod dovecot;
 pub mod env;
 pub mod imap;
+pub mod namespace;
 pub mod proxy;
 pub mod services;
 pub mod stores;
