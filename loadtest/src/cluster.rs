@@ -63,7 +63,7 @@ pub struct ClusterArgs {
     /// as a new deployment).
     #[arg(long, env = "DP_NAMESPACE", default_value = "loadtest")]
     pub namespace: String,
-    /// Leave the local cluster's Redis keys and streams after the run, to look at them.
+    /// Leave the local cluster's Redis keys, streams and epochs after the run, to look at them.
     #[arg(long)]
     pub keep_state: bool,
     /// A running deployment's device addresses (frontends or their load balancer).
@@ -295,10 +295,10 @@ impl Cluster {
                 node.kill().await?;
             }
         }
-        match args.keep_state {
-            true => Ok(()),
-            false => clear("after the run", &args).await,
+        if args.keep_state {
+            return Ok(());
         }
+        clear("after the run", &args).await
     }
 
     /// Parked Pings over the frontends (a killed one holds none), and how many did not answer.
@@ -325,30 +325,22 @@ impl Cluster {
     }
 }
 
-/// Clears the namespace's Redis keys and streams; says so when it held any.
+/// Clears the namespace's Redis keys, streams and Redis epochs; says so when it held any.
 async fn clear(when: &str, args: &ClusterArgs) -> Result<()> {
     let cleared = Namespace {
         name: &args.namespace,
         redis_mode: &args.redis_mode,
         redis_url: &args.redis_url,
         nats_url: &args.nats_url,
+        database_url: &args.database_url,
     }
     .clear()
     .await
     .with_context(|| format!("clearing namespace {} {when}", args.namespace))?;
-    // Without this the frontends would take the cleared keys for a lost Redis, and tell every
-    // device of its folders again: a duplicate wake per device, and a database read each.
-    let pool = sqlx::PgPool::connect(&args.database_url)
-        .await
-        .context("connecting to the database")?;
-    let epochs = dp_db::history::forget_epochs(&pool, &args.namespace)
-        .await
-        .with_context(|| format!("forgetting namespace {}'s Redis epochs", args.namespace))?;
-    pool.close().await;
-    if cleared != Cleared::default() || epochs > 0 {
+    if cleared != Cleared::default() {
         eprintln!(
-            "loadtest: cleared namespace {} {when}: {} Redis keys, {} streams, {epochs} epochs",
-            args.namespace, cleared.keys, cleared.streams
+            "loadtest: cleared namespace {} {when}: {} Redis keys, {} streams, {} epochs",
+            args.namespace, cleared.keys, cleared.streams, cleared.epochs
         );
     }
     Ok(())

@@ -91,9 +91,7 @@ impl Env {
     }
 
     async fn try_redis(&self) -> anyhow::Result<dp_runtime::redis::Redis> {
-        let servers =
-            dp_runtime::redis::RedisServers::parse(&self.redis_mode, &self.redis_url, None, 1000)?;
-        Ok(servers.connect(|| true).await?)
+        self.stores().redis().await
     }
 
     /// A client of the test's NATS (one server or a cluster, with credentials as the services
@@ -136,8 +134,7 @@ impl Env {
     }
 
     async fn try_nats(&self) -> anyhow::Result<async_nats::Client> {
-        let servers = dp_runtime::nats::NatsServers::parse(&self.nats_url)?;
-        Ok(servers.options().connect(servers.addresses()).await?)
+        self.stores().nats().await
     }
 
     /// The recorded owner of the device's parked Ping, if any.
@@ -174,13 +171,14 @@ impl Env {
         .await
     }
 
-    /// Where the test's namespace keeps its state in Redis and NATS.
+    /// Where the test's namespace keeps its state.
     pub fn stores(&self) -> Namespace<'_> {
         Namespace {
             name: &self.namespace,
             redis_mode: &self.redis_mode,
             redis_url: &self.redis_url,
             nats_url: &self.nats_url,
+            database_url: &self.database_url,
         }
     }
 
@@ -189,7 +187,8 @@ impl Env {
         self.stores().keys().await.expect("the namespace's keys")
     }
 
-    /// Removes what the test left: Redis keys, the JetStream streams, the database.
+    /// Removes what the test left: Redis keys, the JetStream streams, the database (with its
+    /// epochs).
     pub async fn cleanup(self) {
         // Best effort: a test that broke a store on purpose may leave it unreachable.
         let _ = self.stores().clear().await;

@@ -1,6 +1,7 @@
 //! A namespace's state on the shared stores removed: what a test or a load-test run leaves in
-//! Redis and NATS. The services keep every Redis key under `<ns>:` and every stream under
-//! `<ns>_`, so one namespace can go without touching another.
+//! Redis, NATS and PostgreSQL. The services keep every Redis key under `<ns>:`, every stream
+//! under `<ns>_` and their Redis epochs by namespace, so one namespace can go without touching
+//! another.
 
 use anyhow::Context;
 use dp_runtime::redis::Redis;
@@ -12,6 +13,7 @@ pub struct Namespace<'a> {
     pub redis_mode: &'a str,
     pub redis_url: &'a str,
     pub nats_url: &'a str,
+    pub database_url: &'a str,
 }
 
 /// What [`Namespace::clear`] removed.
@@ -19,6 +21,7 @@ pub struct Namespace<'a> {
 pub struct Cleared {
     pub keys: usize,
     pub streams: usize,
+    pub epochs: u64,
 }
 
 /// Keys unlinked per command: bounded, so a namespace of a hundred thousand devices never
@@ -26,15 +29,19 @@ pub struct Cleared {
 const BATCH: usize = 1_000;
 
 impl Namespace<'_> {
-    /// Unlinks the namespace's Redis keys and deletes its JetStream streams (their consumers
-    /// go with them). Run it while no service of the namespace runs, or they write again.
-    /// Both stores are tried; the first failure is returned.
+    /// Unlinks the namespace's Redis keys, deletes its JetStream streams (their consumers go
+    /// with them) and forgets its recorded Redis epochs: without that, the next services of
+    /// the namespace would take the missing keys for a lost Redis and tell every device of its
+    /// folders again (a duplicate wake each). Run it while no service of the namespace runs,
+    /// or they write again. Every store is tried; the first failure is returned.
     pub async fn clear(&self) -> anyhow::Result<Cleared> {
         let keys = self.clear_redis().await;
         let streams = self.clear_streams().await;
+        let epochs = self.forget_epochs().await;
         Ok(Cleared {
             keys: keys?,
             streams: streams?,
+            epochs: epochs?,
         })
     }
 
@@ -53,7 +60,8 @@ impl Namespace<'_> {
             .context("listing the namespace's keys")
     }
 
-    async fn redis(&self) -> anyhow::Result<Redis> {
+    /// A connection to the namespace's Redis, as the services make it.
+    pub async fn redis(&self) -> anyhow::Result<Redis> {
         let servers =
             dp_runtime::redis::RedisServers::parse(self.redis_mode, self.redis_url, None, 1000)?;
         servers
@@ -81,13 +89,18 @@ impl Namespace<'_> {
         Ok(keys.len())
     }
 
-    async fn clear_streams(&self) -> anyhow::Result<usize> {
+    /// A client of the namespace's NATS, as the services make it.
+    pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         let servers = dp_runtime::nats::NatsServers::parse(self.nats_url)?;
-        let nats = servers
+        servers
             .options()
             .connect(servers.addresses())
             .await
-            .context("connecting to NATS")?;
+            .context("connecting to NATS")
+    }
+
+    async fn clear_streams(&self) -> anyhow::Result<usize> {
+        let nats = self.nats().await?;
         let js = async_nats::jetstream::new(nats);
         let subjects = dp_proto::events::Subjects::new(self.name);
         let mut deleted = 0;
@@ -105,5 +118,16 @@ impl Namespace<'_> {
             deleted += 1;
         }
         Ok(deleted)
+    }
+
+    async fn forget_epochs(&self) -> anyhow::Result<u64> {
+        let pool = sqlx::PgPool::connect(self.database_url)
+            .await
+            .context("connecting to the database")?;
+        let forgotten = dp_db::history::forget_epochs(&pool, self.name)
+            .await
+            .context("forgetting the namespace's Redis epochs");
+        pool.close().await;
+        forgotten
     }
 }
