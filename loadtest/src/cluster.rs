@@ -326,7 +326,7 @@ impl Cluster {
 }
 
 /// Clears the namespace's Redis keys, streams and Redis epochs; says so when it held any.
-async fn clear(when: &str, args: &ClusterArgs) -> Result<()> {
+pub async fn clear(when: &str, args: &ClusterArgs) -> Result<()> {
     let cleared = Namespace {
         name: &args.namespace,
         redis_mode: &args.redis_mode,

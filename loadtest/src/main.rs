@@ -10,6 +10,7 @@ mod cluster;
 mod device;
 mod fleet;
 mod handshakes;
+mod interrupt;
 mod middlebox;
 mod plan;
 mod probe;
@@ -54,17 +55,9 @@ enum Command {
     Worker,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("loadtest: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cli.command {
+impl Command {
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
             Command::Park(args) => scenario::park::run(args).await.map(drop),
             Command::Wake(args) => scenario::wake::run(args).await.map(drop),
             Command::Storm(args) => scenario::storm::run(args).await.map(drop),
@@ -75,14 +68,55 @@ fn main() -> ExitCode {
             Command::Handshakes(args) => handshakes::run(args).map(drop),
             Command::Worker => worker::run().await,
         }
-    });
-    // Child processes (workers, a local cluster) are killed as their handles drop.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    }
+
+    /// The local cluster this command starts, if any: an interrupted run clears its namespace
+    /// as a finished one does.
+    fn local_cluster(&self) -> Option<cluster::ClusterArgs> {
+        let run = match self {
+            Command::Park(args) => &args.run,
+            Command::Wake(args) | Command::Proxy(args) => &args.run,
+            Command::Storm(args) => &args.run,
+            Command::Chaos(args) => &args.run,
+            Command::Carrier(args) => &args.run,
+            Command::Store(_) | Command::Handshakes(_) | Command::Worker => return None,
+        };
+        let cluster = &run.cluster;
+        (cluster.local_frontends > 0).then(|| cluster.clone())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = cli.command.local_cluster();
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            result = cli.command.run() => Outcome::Done(result),
+            signal = interrupt::received() => Outcome::Interrupted(signal),
+        }
+    });
+    // Child processes (workers, a local cluster) are killed as their handles drop: the select
+    // above dropped them with the scenario's future, whichever way it ended.
+    let code = match outcome {
+        Outcome::Done(Ok(())) => ExitCode::SUCCESS,
+        Outcome::Done(Err(e)) => {
             eprintln!("loadtest: {e:#}");
             ExitCode::FAILURE
         }
-    }
+        Outcome::Interrupted(signal) => runtime.block_on(interrupt::wind_up(signal, local)),
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+enum Outcome {
+    Done(anyhow::Result<()>),
+    Interrupted(interrupt::Signal),
 }

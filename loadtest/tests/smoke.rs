@@ -5,11 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-use dp_testkit::Env;
+use std::time::Duration;
+
+use dp_testkit::processes::{self, Process};
+use dp_testkit::{wait_for, Env};
 use serde_json::Value;
 
-/// Runs `loadtest <args>` against a fresh namespace and database; returns its report.
-async fn loadtest(env: &Env, args: &[&str]) -> Value {
+/// `loadtest <args>` against the test's namespace and database, writing to `out`.
+fn command(env: &Env, args: &[&str], out: &Path) -> tokio::process::Command {
     let bin = Path::new(env!("CARGO_BIN_EXE_loadtest"));
     let dir = bin.parent().expect("target directory");
     for service in ["ping-frontend", "mailbox-watcher"] {
@@ -19,8 +22,8 @@ async fn loadtest(env: &Env, args: &[&str]) -> Value {
              or cargo build --workspace first"
         );
     }
-    let out = std::env::temp_dir().join(format!("lt-smoke-{}", env.namespace));
-    let output = tokio::process::Command::new(bin)
+    let mut command = tokio::process::Command::new(bin);
+    command
         .args(args)
         .args([
             "--database-url",
@@ -30,7 +33,18 @@ async fn loadtest(env: &Env, args: &[&str]) -> Value {
         ])
         .args(["--redis-url", &env.redis_url, "--nats-url", &env.nats_url])
         .arg("--out")
-        .arg(&out)
+        .arg(out);
+    command
+}
+
+fn out_dir(env: &Env) -> PathBuf {
+    std::env::temp_dir().join(format!("lt-smoke-{}", env.namespace))
+}
+
+/// Runs `loadtest <args>` against a fresh namespace and database; returns its report.
+async fn loadtest(env: &Env, args: &[&str]) -> Value {
+    let out = out_dir(env);
+    let output = command(env, args, &out)
         .output()
         .await
         .expect("loadtest runs");
@@ -210,6 +224,76 @@ async fn park_behind_a_tls_balancer() {
         .as_f64()
         .expect("the frontend's own");
     assert!(whole > frontend, "HAProxy's memory counts too: {report:#}");
+    env.cleanup().await;
+}
+
+/// SIGTERM mid-run (here, with every device parked) ends the run as its end would: the
+/// local cluster's processes and the workers are stopped, and its namespace is cleared. Without
+/// the handler, the frontend, the watcher and the workers ran on after `loadtest` was gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_run_leaves_nothing_behind() {
+    let env = Env::new().await;
+    let out = out_dir(&env);
+    let args = ["park", "--local-frontends", "1", "--devices", "200"];
+    let held = [
+        "--per-worker",
+        "100",
+        "--sources",
+        "2",
+        "--hold-secs",
+        "600",
+    ];
+    let run = command(&env, &[&args[..], &held[..]].concat(), &out)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("loadtest starts");
+    let pid = run.id().expect("a running loadtest");
+    let started = wait_for(
+        "the cluster, two workers and parked devices",
+        Duration::from_secs(60),
+        || async {
+            let children = processes::children(pid);
+            let named = |name: &str| children.iter().filter(|p| p.name == name).count();
+            let all = named("ping-frontend") == 1
+                && named("mailbox-watcher") == 1
+                && named("loadtest") == 2;
+            (all && !env.keys().await.is_empty()).then_some(children)
+        },
+    )
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
+        .await
+        .expect("loadtest exits after SIGTERM")
+        .expect("its status");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    wait_for(
+        "every process the run started to end",
+        Duration::from_secs(10),
+        || async {
+            let left: Vec<&Process> = started
+                .iter()
+                .filter(|p| processes::running(p.pid))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.keys().await,
+        Vec::<String>::new(),
+        "no Redis key is left"
+    );
+    assert!(!env.stream_exists("changes").await, "nor the change stream");
+    assert_eq!(epochs(&env).await, 0, "nor its Redis epoch");
+    let _ = std::fs::remove_dir_all(out);
     env.cleanup().await;
 }
 

@@ -10,6 +10,7 @@ pub mod dovecot;
 pub mod env;
 pub mod imap;
 pub mod namespace;
+pub mod processes;
 pub mod proxy;
 pub mod services;
 pub mod stores;
