@@ -168,13 +168,7 @@ impl Cluster {
         if args.local_frontends == 0 {
             return Self::external(args).await;
         }
-        let bin = match &args.bin_dir {
-            Some(dir) => dir.clone(),
-            None => std::env::current_exe()?
-                .parent()
-                .context("the loadtest binary's directory")?
-                .to_owned(),
-        };
+        let bin = bin_dir(args)?;
         let logs = out.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let secret = format!("{:032x}", rand::random::<u128>());
@@ -205,19 +199,7 @@ impl Cluster {
         {
             provision(&args.database_url, *mailboxes, password).await?;
         }
-        let mut specs: Vec<Spec> = (0..args.local_watchers)
-            .map(|w| {
-                let mut env = common.clone();
-                env.push(("INGEST_TOKEN", token.clone()));
-                env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
-                env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
-                Spec {
-                    bin: bin.join("mailbox-watcher"),
-                    name: format!("lt-w-{w}"),
-                    env,
-                }
-            })
-            .collect();
+        let mut specs = watcher_specs(args, &bin, &common, &token);
         let env = frontend_env(args, common, &auth, secret, ca.as_ref())?;
         specs.extend((0..args.local_frontends).map(|f| Spec {
             bin: frontend_bin.clone(),
@@ -380,6 +362,34 @@ async fn provision(url: &str, mailboxes: usize, password: &str) -> Result<()> {
     .await
     .context("provisioning the load-test accounts")?;
     Ok(())
+}
+
+/// Where the service binaries are: --bin-dir, or beside this one.
+fn bin_dir(args: &ClusterArgs) -> Result<PathBuf> {
+    match &args.bin_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the loadtest binary's directory")?
+            .to_owned()),
+    }
+}
+
+/// The watchers: the shared environment, the ingest token and the dispatch settings.
+fn watcher_specs(args: &ClusterArgs, bin: &Path, common: &Env, token: &str) -> Vec<Spec> {
+    (0..args.local_watchers)
+        .map(|w| {
+            let mut env = common.clone();
+            env.push(("INGEST_TOKEN", token.to_owned()));
+            env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
+            env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
+            Spec {
+                bin: bin.join("mailbox-watcher"),
+                name: format!("lt-w-{w}"),
+                env,
+            }
+        })
+        .collect()
 }
 
 fn free_port() -> Result<SocketAddr> {

@@ -96,10 +96,12 @@ fn main() -> ExitCode {
         }
     };
     let local = cli.command.local_cluster();
+    // A worker holds only its devices' sockets: the default action ends it, quietly.
+    let handles_signals = !matches!(cli.command, Command::Worker);
     let outcome = runtime.block_on(async move {
         tokio::select! {
             result = cli.command.run() => Outcome::Done(result),
-            signal = interrupt::received() => Outcome::Interrupted(signal),
+            signal = interrupt::received(), if handles_signals => Outcome::Interrupted(signal),
         }
     });
     // Child processes (workers, a local cluster) are killed as their handles drop: the select
