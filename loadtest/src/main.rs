@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         tokio::select! {
             result = cli.command.run() => Outcome::Done(result),
-            signal = interrupt::received(), if handles_signals => Outcome::Interrupted(signal),
+            signal = dp_runtime::shutdown::received(), if handles_signals => Outcome::Interrupted(signal),
         }
     });
     // Child processes (workers, a local cluster) are killed as their handles drop: the select
@@ -120,5 +120,5 @@ fn main() -> ExitCode {
 
 enum Outcome {
     Done(anyhow::Result<()>),
-    Interrupted(interrupt::Signal),
+    Interrupted(dp_runtime::shutdown::Signal),
 }

@@ -38,28 +38,65 @@ impl Drain {
     }
 }
 
+/// The signals that stop a process of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The signal's number (a shell reports a process it ended with 128 + this).
+    pub fn number(self) -> u8 {
+        match self {
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
+        }
+    }
+}
+
+/// Completes when the first of Ctrl-C or SIGTERM arrives. Never completes for a signal that
+/// cannot be listened for (the process then ends as it would have without a handler).
+pub async fn received() -> Signal {
+    let ctrl_c = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => Signal::Interrupt,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = async {
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                    Signal::Terminate
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            signal = ctrl_c => signal,
+            signal = terminate => signal,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await
+}
+
 /// Fires the shutdown on SIGTERM or Ctrl-C.
 pub fn on_signals(shutdown: Shutdown) {
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown signal received; draining");
+        let signal = received().await;
+        tracing::info!(signal = signal.name(), "shutdown signal received; draining");
         shutdown.signal();
     });
 }
