@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use crate::Shared;
 
 /// How often a frontend reads the epoch.
@@ -28,28 +30,29 @@ pub struct Seen {
 
 /// Reads the epoch once now (so the pod never serves without one), then every second.
 pub async fn watch(shared: Arc<Shared>) {
-    refresh(&shared).await;
+    // Unread here, it is read again in a second, and at the first claim of a device Redis
+    // holds nothing of (which says why, if it still cannot be read).
+    let _ = refresh(&shared).await;
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(EVERY);
         loop {
             interval.tick().await;
-            refresh(&shared).await;
+            let _ = refresh(&shared).await;
         }
     });
 }
 
-/// Reads the epoch and follows it; false when it could not be read.
-async fn refresh(shared: &Shared) -> bool {
+/// Reads the epoch and follows it; the reason when it could not be read.
+async fn refresh(shared: &Shared) -> anyhow::Result<()> {
     let mut redis = shared.redis.clone();
     let now = dp_runtime::now_ms();
-    let Ok(Ok(epoch)) = tokio::time::timeout(
+    let epoch = tokio::time::timeout(
         shared.config.redis_timeout,
         shared.store.epoch(&mut redis, now),
     )
     .await
-    else {
-        return false;
-    };
+    .context("reading the epoch timed out")?
+    .context("reading the epoch")?;
     let hash = {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         BuildHasherDefault::<DefaultHasher>::default().hash_one(&epoch.id)
@@ -67,7 +70,10 @@ async fn refresh(shared: &Shared) -> bool {
         let state = match had_state_before(shared, &epoch).await {
             Ok(true) => 1,
             Ok(false) => 2,
-            Err(_) => 0, // unknown: each device is looked up
+            Err(err) => {
+                tracing::warn!(error = %err, "recorded Redis epochs unreadable; until they are read, each device Redis holds nothing of is looked up in the devices table");
+                0
+            }
         };
         shared.epoch.any_before.store(state, Ordering::Release);
     }
@@ -76,7 +82,7 @@ async fn refresh(shared: &Shared) -> bool {
         let parked = shared.parked.tell_all(|s| s.recheck = true);
         tracing::error!(parked, "Redis lost its state (a new epoch): parked Pings re-check, and devices it forgot hear their folders again");
     }
-    true
+    Ok(())
 }
 
 /// Whether the namespace had Redis state before `epoch`: an earlier epoch of it is recorded.
@@ -102,7 +108,8 @@ pub async fn predates_loss(shared: &Shared, mailbox: &str, device_id: &str) -> b
     // smoke run). One round trip, for devices Redis knows nothing of only. Unread (Redis
     // answered the claim but not this), the last epoch seen may be the one that was lost: its
     // "nothing before" would take the device for new, so it counts as known.
-    if !refresh(shared).await {
+    if let Err(err) = refresh(shared).await {
+        tracing::warn!(%mailbox, device = %device_id, error = %format!("{err:#}"), "epoch unreadable; a device Redis holds nothing of is told of its folders");
         return true;
     }
     let created = shared.epoch.created_ms.load(Ordering::Acquire);
