@@ -2,8 +2,10 @@
 //! passwords, on free ports, that a test or the chaos load test restarts or kills: what must
 //! not be done to the shared servers every other test uses.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,10 +14,23 @@ use tokio::process::{Child, Command};
 mod redis_cluster;
 pub use redis_cluster::{HeldReplication, LocalRedisCluster};
 
-/// A free local port (bound and released: another process could take it first, rarely).
+/// A free local port, never one this process was given before: ports are bound and released
+/// one after another, and the kernel may hand a released one out again, which gave two nodes
+/// of one cluster the same port. (Another process could still take it first, rarely.)
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a local port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..100 {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding a local port")?;
+        let port = listener.local_addr()?.port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("100 local ports in a row were ones this process had been given before")
 }
 
 fn scratch(kind: &str) -> Result<PathBuf> {

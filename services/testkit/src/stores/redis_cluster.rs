@@ -31,13 +31,6 @@ impl LocalRedisCluster {
             cluster.nodes.push(Server::new("redis-server")?);
             cluster.bus_ports.push(free_port()?);
         }
-        // Ports are bound and released one after another: the kernel may hand one out twice.
-        let mut ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-        ports.extend(&cluster.bus_ports);
-        ports.sort_unstable();
-        if ports.windows(2).any(|w| w[0] == w[1]) {
-            bail!("a free port came up twice; start again");
-        }
         for i in 0..NODES {
             cluster.spawn(i).await?;
         }
