@@ -38,6 +38,10 @@ pub struct ClusterArgs {
     /// is woken by a dispatcher, one hop later).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub wake_at_ingest: bool,
+    /// Direct wake links: the local frontends take wakes on a port of their own
+    /// (WAKE_LISTEN_ADDR) and the watchers send them there (DIRECT_WAKES); false: NATS only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_wakes: bool,
     /// The local services' WORKER_THREADS (0: one per core, the services' default).
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
@@ -383,6 +387,7 @@ fn watcher_specs(args: &ClusterArgs, bin: &Path, common: &Env, token: &str) -> V
             env.push(("INGEST_TOKEN", token.to_owned()));
             env.push(("COALESCE_MS", args.coalesce_ms.to_string()));
             env.push(("WAKE_AT_INGEST", args.wake_at_ingest.to_string()));
+            env.push(("DIRECT_WAKES", args.direct_wakes.to_string()));
             Spec {
                 bin: bin.join("mailbox-watcher"),
                 name: format!("lt-w-{w}"),
@@ -524,6 +529,9 @@ fn frontend_env(
         ("DRAIN_DELAY_SECS", "0".into()),
         ("DRAIN_SECS", "2".into()),
     ]);
+    if args.direct_wakes {
+        env.push(("WAKE_LISTEN_ADDR", "127.0.0.1:0".into()));
+    }
     match auth {
         Auth::Jwt {
             issuer, audience, ..

@@ -110,6 +110,13 @@ redis://:{{ include "directpush.storePassword" (dict "store" "redis" "password" 
 {{- end }}
 - name: DP_NAMESPACE
   value: {{ .Values.namespace | quote }}
+{{- if .Values.wakeSecret }}
+- name: WAKE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "directpush.secretName" . }}
+      key: WAKE_SECRET
+{{- end }}
 - name: POD_NAME
   valueFrom:
     fieldRef:

@@ -72,6 +72,12 @@ impl Keyspace {
         format!("{}:epoch", self.ns)
     }
 
+    /// String `host:port`: where pod `pod` takes direct wakes (its `WAKE_LISTEN_ADDR`), while
+    /// it runs (the key expires unless the pod refreshes it).
+    pub fn wake_addr(&self, pod: &str) -> String {
+        format!("{}:wake:{pod}", self.ns)
+    }
+
     /// Hash: IMAP watcher replica -> until when (ms) it is alive.
     pub fn imap_replicas(&self) -> String {
         format!("{}:imap:replicas", self.ns)

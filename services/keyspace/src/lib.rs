@@ -30,6 +30,7 @@ mod keys;
 mod operator;
 mod owner;
 mod proxy;
+mod wake_addr;
 pub use keys::{Device, Keyspace, Mode};
 pub use operator::{DeviceState, Epoch};
 pub use owner::{Ended, Owner};

@@ -36,6 +36,11 @@ pub struct WatcherArgs {
     /// acknowledges them. One hop less per wake; false: every change waits for a dispatcher.
     #[arg(long, env = "WAKE_AT_INGEST", default_value_t = true, action = clap::ArgAction::Set)]
     pub wake_at_ingest: bool,
+    /// Send wakes straight to the frontends that announce a wake port (their WAKE_LISTEN_ADDR)
+    /// instead of through the NATS server: one hop fewer. A wake a frontend does not
+    /// acknowledge in time goes over NATS after all; false: NATS only.
+    #[arg(long, env = "DIRECT_WAKES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub direct_wakes: bool,
     /// Most changes dispatched together.
     #[arg(long, env = "DISPATCH_BATCH", default_value_t = 512)]
     pub dispatch_batch: usize,
@@ -97,6 +102,8 @@ pub struct Config {
     pub coalesce: Duration,
     /// WAKE_AT_INGEST, with the dispatch role (whose Redis it uses).
     pub wake_at_ingest: bool,
+    /// DIRECT_WAKES.
+    pub direct_wakes: bool,
     pub dispatch_batch: usize,
     pub ack_wait: Duration,
     pub max_deliver: i64,
@@ -164,6 +171,7 @@ impl WatcherArgs {
             ingest_token: self.ingest_token,
             coalesce: Duration::from_millis(self.coalesce_ms),
             wake_at_ingest: self.wake_at_ingest && dispatch,
+            direct_wakes: self.direct_wakes,
             dispatch_batch: self.dispatch_batch,
             ack_wait: Duration::from_secs(self.ack_wait_secs),
             max_deliver: self.changes_max_deliver,

@@ -20,6 +20,7 @@ use futures::{FutureExt, StreamExt};
 use crate::Shared;
 
 pub(crate) mod at_ingest;
+pub(crate) mod links;
 mod wakes;
 
 /// Changes of one mailbox, merged: what its bump and wake need.
@@ -173,8 +174,9 @@ async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>, timing: W
             }
         }
     }
-    // The wakes must have reached the server before the changes are acknowledged.
-    if let Err(err) = shared.nats.flush().await {
+    // The wakes must have reached their pods or the NATS server before the changes are
+    // acknowledged.
+    if let Err(err) = flush(shared).await {
         tracing::warn!(error = %err, "NATS flush failed; leaving changes for redelivery");
         return;
     }
@@ -190,6 +192,13 @@ async fn dispatch(shared: &Shared, redis: &Redis, batch: Vec<Message>, timing: W
             shared.metrics.dispatch_lag.observe(lag);
         }
     }
+}
+
+/// Waits until every wake sent so far reached its pod: acknowledged over a direct link, or held
+/// by the NATS server (a link that fails hands its wakes to NATS first).
+async fn flush(shared: &Shared) -> Result<(), async_nats::client::FlushError> {
+    shared.links.settle().await;
+    shared.nats.flush().await
 }
 
 /// The batch's changes merged per mailbox, each group with its messages; invalid ones are
@@ -303,6 +312,37 @@ async fn bump_and_wake(
     wake(shared, mailbox, group, bump, stages).await
 }
 
+/// Sends one wake message to `pod`: over its direct link when it has one, else over NATS.
+async fn send(
+    shared: &Shared,
+    pod: &str,
+    subject: &str,
+    payload: bytes::Bytes,
+) -> anyhow::Result<()> {
+    let traceparent = dp_runtime::telemetry::traceparent(&tracing::Span::current());
+    let wake = links::Outgoing {
+        subject: subject.to_owned(),
+        payload,
+        traceparent,
+    };
+    let Err(wake) = shared.links.send(pod, wake) else {
+        return Ok(());
+    };
+    match wake.traceparent {
+        Some(traceparent) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(dp_runtime::telemetry::TRACEPARENT, traceparent.as_str());
+            let subject = wake.subject;
+            shared
+                .nats
+                .publish_with_headers(subject, headers, wake.payload)
+                .await?
+        }
+        None => shared.nats.publish(wake.subject, wake.payload).await?,
+    }
+    Ok(())
+}
+
 /// Wakes the pods holding the mailbox's parked Pings, one message per pod (split at the NATS
 /// payload limit).
 async fn wake(
@@ -348,15 +388,7 @@ async fn wake(
         };
         let subject = shared.subjects.wake(&pod);
         for payload in wakes::payloads(&template, targets, limit)? {
-            match crate::trace_headers() {
-                Some(headers) => {
-                    shared
-                        .nats
-                        .publish_with_headers(subject.clone(), headers, payload.into())
-                        .await?
-                }
-                None => shared.nats.publish(subject.clone(), payload.into()).await?,
-            }
+            send(shared, &pod, &subject, payload.into()).await?;
             shared.metrics.wakes_sent.inc();
         }
     }

@@ -47,6 +47,8 @@ pub struct Shared {
     imap_ready: Arc<AtomicBool>,
     /// Wakes made where changes come in, with the dispatch role's Redis (WAKE_AT_INGEST).
     at_ingest: dispatch::at_ingest::AtIngest,
+    /// Direct wake links to the frontends that take them (DIRECT_WAKES).
+    links: Arc<dispatch::links::Links>,
 }
 
 /// The change stream's settings; the dead-letter and woken streams derive theirs from it.
@@ -165,9 +167,16 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let nats = connect_nats(&config).await?;
+    let links = Arc::new(dispatch::links::Links::new(
+        &config,
+        nats.clone(),
+        metrics.links.clone(),
+        drain.clone(),
+    ));
     let shared = Arc::new(Shared {
         jetstream: jetstream::new(nats.clone()),
         store: Store::new(&config.common.namespace, config.device_state_ttl.as_secs()),
+        links,
         subjects: Subjects::new(&config.common.namespace),
         stream_ready: AtomicBool::new(false),
         dispatch_ready: AtomicBool::new(false),
@@ -250,6 +259,7 @@ async fn start_roles(
     if shared.config.dispatch {
         let redis = connect_redis(shared, drain).await?;
         shared.at_ingest.connected(redis.clone());
+        shared.links.connected(redis.clone());
         let (s, d) = (shared.clone(), drain.clone());
         tasks.push(tokio::spawn(async move {
             dispatcher(s, stream, redis, d).await;

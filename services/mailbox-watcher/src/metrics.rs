@@ -57,6 +57,34 @@ impl ImapMetrics {
     }
 }
 
+/// Direct wake links to frontends (DIRECT_WAKES).
+#[derive(Clone, Default)]
+pub struct LinkMetrics {
+    pub open: Gauge,
+    pub wakes: Counter,
+    pub fell_back: Counter,
+}
+
+impl LinkMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "wake_links",
+            "Direct wake links to frontends open now",
+            self.open.clone(),
+        );
+        r.register(
+            "link_wakes",
+            "Wake messages sent over direct links (counted in wakes_sent too)",
+            self.wakes.clone(),
+        );
+        r.register(
+            "link_fallbacks",
+            "Wake messages a link took but did not see acknowledged (the link failed or was slow), sent over NATS after all",
+            self.fell_back.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     pub imap: ImapMetrics,
     pub store_folders: Family<WatchedLabels, Counter>,
@@ -67,6 +95,7 @@ pub struct Metrics {
     pub changes_invalid: Counter,
     pub changes_dead: Counter,
     pub wakes_sent: Counter,
+    pub links: LinkMetrics,
     pub dispatch_errors: Counter,
     pub dispatch_lag: Histogram,
     pub pending: Gauge,
@@ -84,12 +113,14 @@ impl Metrics {
             changes_invalid: Counter::default(),
             changes_dead: Counter::default(),
             wakes_sent: Counter::default(),
+            links: LinkMetrics::default(),
             dispatch_errors: Counter::default(),
             dispatch_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("dp_watcher");
         metrics.imap.register(r);
+        metrics.links.register(r);
         r.register(
             "ingest_requests",
             "Ingest API requests by HTTP code",
@@ -127,7 +158,7 @@ impl Metrics {
         );
         r.register(
             "wakes_sent",
-            "Wake messages published to pods",
+            "Wake messages sent to pods (over NATS or a direct link)",
             metrics.wakes_sent.clone(),
         );
         r.register(

@@ -87,7 +87,8 @@ pub async fn subscribe(
     Ok(())
 }
 
-fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
+/// Tells the Pings a wake names, whichever way it came (NATS, or a direct link).
+pub(crate) fn on_wake(shared: &Shared, payload: &[u8], traceparent: Option<&str>) {
     let wake: WakeEvent = match serde_json::from_slice(payload) {
         Ok(wake) => wake,
         Err(err) => {

@@ -163,6 +163,14 @@ pub struct FrontendArgs {
     /// Apply database migrations at start-up.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
+    /// Where watchers may send wakes directly, skipping the NATS server's hop (empty: NATS
+    /// only). Keep it off the public network, or set WAKE_SECRET.
+    #[arg(long, env = "WAKE_LISTEN_ADDR", default_value = "")]
+    pub wake_listen_addr: String,
+    /// The host watchers dial for WAKE_LISTEN_ADDR (the pod's IP); needed when it listens on
+    /// every address.
+    #[arg(long, env = "WAKE_ADVERTISE_HOST", default_value = "")]
+    pub wake_advertise_host: String,
     #[command(flatten)]
     pub upstream: crate::proxy::UpstreamArgs,
 }
@@ -210,6 +218,8 @@ pub struct Config {
     pub drain: Duration,
     /// Proxy mode: the ActiveSync server every command but Ping goes to.
     pub upstream: Option<crate::proxy::UpstreamConfig>,
+    /// Direct wakes from watchers (`WAKE_LISTEN_ADDR`); `None`: NATS only.
+    pub wake_link: Option<crate::wake_link::WakeLinkConfig>,
 }
 
 fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
@@ -249,6 +259,34 @@ fn tls_files(
             .map_err(|reason| ConfigError::new("TLS_TICKET_KEYS", reason))?;
     }
     Ok(Some(files))
+}
+
+/// WAKE_LISTEN_ADDR and WAKE_ADVERTISE_HOST, checked.
+fn wake_link(
+    listen: &str,
+    advertise_host: &str,
+) -> Result<Option<crate::wake_link::WakeLinkConfig>, ConfigError> {
+    if listen.is_empty() {
+        if !advertise_host.is_empty() {
+            return Err(ConfigError::new(
+                "WAKE_ADVERTISE_HOST",
+                "set without WAKE_LISTEN_ADDR: there is no wake port to advertise",
+            ));
+        }
+        return Ok(None);
+    }
+    let listen = parse_addr("WAKE_LISTEN_ADDR", listen)?;
+    let advertise_host = (!advertise_host.is_empty()).then(|| advertise_host.to_owned());
+    if listen.ip().is_unspecified() && advertise_host.is_none() {
+        return Err(ConfigError::new(
+            "WAKE_ADVERTISE_HOST",
+            format!("needed with WAKE_LISTEN_ADDR {listen}: watchers cannot dial every address (give the pod's IP)"),
+        ));
+    }
+    Ok(Some(crate::wake_link::WakeLinkConfig {
+        listen,
+        advertise_host,
+    }))
 }
 
 impl FrontendArgs {
@@ -327,6 +365,7 @@ impl FrontendArgs {
             self.tls_reload_secs,
         )?;
         let upstream = self.upstream.check()?;
+        let wake_link = wake_link(&self.wake_listen_addr, &self.wake_advertise_host)?;
         let upstream_auth = self.auth_mode == "upstream";
         if upstream_auth && upstream.is_none() {
             return Err(ConfigError::new(
@@ -384,6 +423,7 @@ impl FrontendArgs {
             drain: Duration::from_secs(self.drain_secs),
             upstream_auth,
             upstream,
+            wake_link,
         })
     }
 }

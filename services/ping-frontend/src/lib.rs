@@ -24,6 +24,7 @@ mod router;
 mod server;
 pub mod tls;
 mod transport;
+mod wake_link;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -186,6 +187,9 @@ pub async fn run(
         tls.clone().watch(shared.metrics.tls_reloads.clone());
     }
     cluster::subscribe(&shared, &drain).await?;
+    if let Some(link) = &shared.config.wake_link {
+        wake_link::spawn(shared.clone(), wake_link::bind(link).await?, drain.clone());
+    }
     // The admin port outlives the drain, so probes see "not ready" throughout it.
     let (admin_stop, admin_drain) = dp_runtime::shutdown::Shutdown::new();
     let admin_task = tokio::spawn(dp_runtime::admin::serve(

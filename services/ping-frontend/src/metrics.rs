@@ -87,6 +87,8 @@ pub struct Metrics {
     pub redis_state_losses: Counter,
     pub nats_reconnects: Counter,
     pub evictions_sent: Counter,
+    pub wake_links: Gauge,
+    pub link_wakes: Counter,
     pub history: dp_db::history::HistoryMetrics,
     pub proxy: ProxyMetrics,
 }
@@ -206,6 +208,8 @@ impl Metrics {
             redis_state_losses: Counter::default(),
             nats_reconnects: Counter::default(),
             evictions_sent: Counter::default(),
+            wake_links: Gauge::default(),
+            link_wakes: Counter::default(),
             history: Default::default(),
             proxy: ProxyMetrics::default(),
         };
@@ -317,6 +321,16 @@ impl Metrics {
             "evictions_sent",
             "Superseded Pings evicted on other pods",
             self.evictions_sent.clone(),
+        );
+        r.register(
+            "wake_links",
+            "Direct wake links from watchers open now (WAKE_LISTEN_ADDR)",
+            self.wake_links.clone(),
+        );
+        r.register(
+            "link_wakes",
+            "Wakes received over direct links rather than NATS",
+            self.link_wakes.clone(),
         );
         r.register(
             "history_rows_written",

@@ -9,6 +9,8 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
         .env_remove("TLS_CERT")
         .env_remove("TLS_KEY")
         .env_remove("TLS_TICKET_KEYS")
+        .env_remove("WAKE_LISTEN_ADDR")
+        .env_remove("WAKE_ADVERTISE_HOST")
         .output()
         .expect("runs");
     (
@@ -22,7 +24,7 @@ fn bad_settings_exit_64_and_name_the_setting() {
     let garbage = std::env::temp_dir().join(format!("dp-not-a-cert-{}.pem", std::process::id()));
     std::fs::write(&garbage, "not a certificate").expect("writes");
     let garbage = garbage.to_string_lossy().into_owned();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--auth-mode", "jwt"], "JWT_SECRET and JWT_JWKS_FILE"),
         (
             &[
@@ -46,6 +48,15 @@ fn bad_settings_exit_64_and_name_the_setting() {
             "no certificate",
         ),
         (&["--log-format", "xml"], "LOG_FORMAT"),
+        (
+            &["--wake-listen-addr", "0.0.0.0:8082"],
+            "WAKE_ADVERTISE_HOST",
+        ),
+        (&["--wake-listen-addr", "port 8082"], "WAKE_LISTEN_ADDR"),
+        (
+            &["--wake-advertise-host", "10.0.0.7"],
+            "WAKE_ADVERTISE_HOST",
+        ),
     ];
     for (args, named) in cases {
         let (code, stderr) = run(args);

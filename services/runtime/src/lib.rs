@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod frames;
 pub mod listener;
 pub mod logging;
 pub mod nats;
@@ -74,6 +75,10 @@ pub struct CommonArgs {
     /// one machine) spend less on context switches with 1.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+    /// The secret a watcher shows a frontend's direct wake port (`WAKE_LISTEN_ADDR`), the same
+    /// on every pod of the namespace; empty: none (keep the port off the public network).
+    #[arg(long, env = "WAKE_SECRET", default_value = "", hide_env_values = true)]
+    pub wake_secret: String,
 }
 
 /// [`CommonArgs`], checked.
@@ -85,6 +90,7 @@ pub struct Common {
     pub pod: String,
     pub log_format: logging::LogFormat,
     pub worker_threads: usize,
+    pub wake_secret: String,
 }
 
 impl CommonArgs {
@@ -105,6 +111,7 @@ impl CommonArgs {
             )?,
             namespace: self.namespace,
             worker_threads: self.worker_threads,
+            wake_secret: self.wake_secret,
         })
     }
 }

@@ -245,6 +245,8 @@ impl Frontend {
                     ("--drain-secs", "1".into()),
                     ("--log-format", "text".into()),
                     ("--device-state-ttl-days", "1".into()),
+                    // Watchers send wakes here once a link is open (the first over NATS).
+                    ("--wake-listen-addr", "127.0.0.1:0".into()),
                 ],
                 overrides,
             )

@@ -315,6 +315,7 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
             "frontend.tls.secretName=tls",
             "frontend.tls.ticketKeysSecret=tickets",
             "otel.endpoint=http://c:4318",
+            "wakeSecret=w4ke",
         ]),
         render(&[
             token,
@@ -344,6 +345,10 @@ fn the_chart_lints_and_renders_what_the_services_read_with_matching_ports() {
         assert_eq!(
             port(&env_value(frontend, "ADMIN_ADDR")),
             container_port(frontend, "admin")
+        );
+        assert_eq!(
+            port(&env_value(frontend, "WAKE_LISTEN_ADDR")),
+            container_port(frontend, "wake")
         );
         assert_eq!(
             port(&env_value(watcher, "LISTEN_ADDR")),

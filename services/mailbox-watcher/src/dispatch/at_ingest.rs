@@ -5,8 +5,8 @@
 //! change stream and is dispatched as before.
 //!
 //! I1 holds as it does for the dispatcher: a producer hears 202 only once JetStream holds its
-//! changes, and a change counts as woken only once its bump is done and its wake flushed to
-//! NATS, the point where a dispatcher would acknowledge it and be done. A crash between the
+//! changes, and a change counts as woken only once its bump is done and its wake reached the
+//! pod over a direct link or was flushed to NATS, the point where a dispatcher would acknowledge it and be done. A crash between the
 //! wake and the JetStream write costs the producer its 202, so it sends again: a duplicate,
 //! never a loss.
 
@@ -124,7 +124,7 @@ impl AtIngest {
 }
 
 async fn flush(shared: &Shared) -> Result<(), String> {
-    match tokio::time::timeout(TIMEOUT, shared.nats.flush()).await {
+    match tokio::time::timeout(TIMEOUT, super::flush(shared)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(format!("NATS flush: {err}")),
         Err(_) => Err("NATS flush timed out".into()),
