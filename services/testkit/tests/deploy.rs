@@ -563,16 +563,27 @@ fn the_bundled_stores_take_passwords_and_only_the_release_reaches_them() {
     };
     assert!(args("redis").contains("--requirepass"));
     assert!(args("nats").contains("--pass"));
-    let policies: Vec<&Value> = docs
+    let (wake, stores): (Vec<&Value>, Vec<&Value>) = docs
         .iter()
         .filter(|d| d["kind"] == "NetworkPolicy")
-        .collect();
-    assert_eq!(policies.len(), 3, "one per bundled store");
-    for policy in policies {
+        .partition(|d| d["metadata"]["name"] == "dp-directpush-frontend-wake");
+    assert_eq!(stores.len(), 3, "one per bundled store");
+    for policy in stores {
         let from = &policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"];
         assert_eq!(from["app.kubernetes.io/instance"], "dp");
         assert_eq!(from["app.kubernetes.io/name"], "directpush");
     }
+    // The frontends' wake port takes the release's watchers only; their other ports stay open.
+    assert_eq!(wake.len(), 1, "a policy for the frontends' wake port");
+    let rules = &wake[0]["spec"]["ingress"];
+    assert!(
+        rules[0]["from"].is_null(),
+        "the device and admin ports from anywhere"
+    );
+    let from = &rules[1]["from"][0]["podSelector"]["matchLabels"];
+    assert_eq!(from["app.kubernetes.io/component"], "watcher");
+    assert_eq!(from["app.kubernetes.io/instance"], "dp");
+    assert_eq!(rules[1]["ports"][0]["port"], 8082);
 }
 
 #[test]
