@@ -173,6 +173,21 @@ wait "$curl_pid" || fail "curl failed"
 [ "$(status_of "$answer")" = 2 ] || fail "expected Status 2 from $other: $(decode "$answer")"
 step "parked again on $other after $pod died, and woken there"
 
+# The watcher opened a direct wake link to $other with that wake (WAKE_LISTEN_ADDR): the next
+# one takes it, not the NATS server.
+answer=$LOGS/answer-3.wbxml
+ping_once "$answer" & curl_pid=$!
+wait_parked "" >/dev/null || fail "the third Ping did not park"
+"${COMPOSE[@]}" exec -T watcher dpctl change demo@example.com 5 >/dev/null || fail "dpctl change failed"
+wait "$curl_pid" || fail "curl failed"
+[ "$(status_of "$answer")" = 2 ] || fail "expected Status 2: $(decode "$answer")"
+watcher_ip=$($DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
+  "$("${COMPOSE[@]}" ps -q watcher)")
+link_wakes=$(curl -s --max-time 5 "http://$watcher_ip:9091/metrics" \
+  | sed -n 's/^dp_watcher_link_wakes_total \([0-9]*\).*/\1/p')
+[ "${link_wakes:-0}" -ge 1 ] || fail "no wake went over a direct link (dp_watcher_link_wakes_total ${link_wakes:-absent})"
+step "woken again over the watcher's direct link to $other"
+
 # --- Prometheus and the dashboard ---------------------------------------------------------------
 step "the observability profile: Prometheus (Grafana, Jaeger, the collector have no Debian package)"
 "${COMPOSE[@]}" up -d >/dev/null 2>&1 # the killed frontend back, for Prometheus to scrape

@@ -179,6 +179,20 @@ fn listening_inodes(table: &str, port: u16) -> Vec<String> {
         .collect()
 }
 
+/// Room left in the kernel's connection-tracking table, when it tracks connections
+/// (`nf_conntrack` is loaded by any iptables rule, such as the test suite's): `(max, used)`.
+/// A full table drops new connections' SYNs, and devices stall in backoff for seconds.
+pub fn conntrack() -> Option<(u64, u64)> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("nf_conntrack_max")?, read("nf_conntrack_count")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

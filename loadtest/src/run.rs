@@ -46,6 +46,25 @@ pub struct RunArgs {
     pub out: PathBuf,
 }
 
+/// Says so when the kernel's connection-tracking table has too little room for the run: each
+/// device's connection takes an entry, and a closed one keeps it for minutes. Found when runs
+/// after the test suite (whose iptables rules load `nf_conntrack`) lost devices mid-park.
+fn warn_of_conntrack(devices: usize) {
+    let Some((max, used)) = probe::conntrack() else {
+        return;
+    };
+    let wanted = 2 * devices as u64;
+    if max.saturating_sub(used) < wanted {
+        eprintln!(
+            "loadtest: warning: the kernel tracks connections (nf_conntrack) and has room for {} more, \
+             fewer than the {wanted} this run may open; a full table drops connections and devices stall \
+             (sysctl -w net.netfilter.nf_conntrack_max={})",
+            max.saturating_sub(used),
+            (used + wanted).next_power_of_two()
+        );
+    }
+}
+
 /// What the workers reported.
 #[derive(Default)]
 pub struct Collected {
@@ -74,6 +93,7 @@ impl Run {
     pub async fn start(args: &RunArgs) -> Result<Run> {
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("creating {}", args.out.display()))?;
+        warn_of_conntrack(args.devices);
         let cluster = Cluster::start(&args.cluster, &args.out).await?;
         let started = Instant::now();
         let samples = Arc::new(Mutex::new(Vec::new()));

@@ -20,6 +20,8 @@ use crate::Shared;
 
 /// How long the address lives in Redis unless refreshed; refreshed every third of it.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(60);
+/// After an announcement failed, the next try comes this soon.
+const RETRY_ANNOUNCE: Duration = Duration::from_secs(1);
 /// A watcher that connects must say who it wants within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest hello read: it comes before the secret is checked.
@@ -103,16 +105,22 @@ async fn announce(shared: Arc<Shared>, addr: String, mut drain: Drain) {
         let call = shared
             .store
             .announce_wake_addr(&mut redis, pod, &addr, ANNOUNCE_TTL.as_secs());
-        match tokio::time::timeout(shared.config.redis_timeout, call).await {
-            Ok(Ok(())) => {}
+        let next = match tokio::time::timeout(shared.config.redis_timeout, call).await {
+            Ok(Ok(())) => ANNOUNCE_TTL / 3,
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, "could not announce the wake port; watchers use NATS meanwhile")
+                tracing::warn!(error = %err, "could not announce the wake port; watchers use NATS meanwhile");
+                RETRY_ANNOUNCE
             }
-            Err(_) => tracing::warn!("Redis timed out announcing the wake port"),
-        }
+            Err(_) => {
+                tracing::warn!(
+                    "Redis timed out announcing the wake port; watchers use NATS meanwhile"
+                );
+                RETRY_ANNOUNCE
+            }
+        };
         tokio::select! {
             _ = drain.signalled() => break,
-            _ = tokio::time::sleep(ANNOUNCE_TTL / 3) => {}
+            _ = tokio::time::sleep(next) => {}
         }
     }
     let mut redis = shared.redis.clone();
