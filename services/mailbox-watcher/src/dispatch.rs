@@ -325,20 +325,8 @@ async fn send(
         payload,
         traceparent,
     };
-    let Err(wake) = shared.links.send(pod, wake) else {
-        return Ok(());
-    };
-    match wake.traceparent {
-        Some(traceparent) => {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(dp_runtime::telemetry::TRACEPARENT, traceparent.as_str());
-            let subject = wake.subject;
-            shared
-                .nats
-                .publish_with_headers(subject, headers, wake.payload)
-                .await?
-        }
-        None => shared.nats.publish(wake.subject, wake.payload).await?,
+    if let Err(wake) = shared.links.send(pod, wake) {
+        links::publish(&shared.nats, wake).await?;
     }
     Ok(())
 }

@@ -274,7 +274,7 @@ impl Links {
     async fn fall_back(&self, wakes: impl Iterator<Item = Outgoing>) {
         for wake in wakes {
             self.metrics.fell_back.inc();
-            if let Err(err) = self.nats.publish(wake.subject, wake.payload).await {
+            if let Err(err) = publish(&self.nats, wake).await {
                 // Only a closed client refuses; the change's flush fails too, so it is
                 // redelivered (or not written as woken).
                 tracing::warn!(error = %err, "a wake could not be handed to NATS");
@@ -301,6 +301,22 @@ impl Links {
         if let Some(link) = link {
             lock(&self.unsettled).retain(|l| !Arc::ptr_eq(l, link));
         }
+    }
+}
+
+/// Publishes `wake` on its pod's NATS subject, with its trace context as a header.
+pub async fn publish(
+    nats: &async_nats::Client,
+    wake: Outgoing,
+) -> Result<(), async_nats::PublishError> {
+    match wake.traceparent {
+        Some(traceparent) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(dp_runtime::telemetry::TRACEPARENT, traceparent.as_str());
+            nats.publish_with_headers(wake.subject, headers, wake.payload)
+                .await
+        }
+        None => nats.publish(wake.subject, wake.payload).await,
     }
 }
 
