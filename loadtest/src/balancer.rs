@@ -6,11 +6,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use tokio::process::Command;
+use anyhow::{Context, Result};
+use dp_testkit::haproxy;
 
 use crate::cluster::Node;
 
@@ -24,27 +22,6 @@ pub enum Balancer {
     Tls,
 }
 
-/// The configuration: one listener for the devices, the frontends as servers, least
-/// connections. HAProxy holds two descriptors per device: this machine's 20,000 per process
-/// bound it to about 9,900 devices.
-fn config(mode: Balancer, listen: SocketAddr, frontends: &[SocketAddr], pem: &Path) -> String {
-    let tls = match mode {
-        Balancer::Tls => format!(" ssl crt {} alpn http/1.1", pem.display()),
-        _ => String::new(),
-    };
-    let servers: String = frontends
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| format!("  server fe{i} {addr} send-proxy-v2\n"))
-        .collect();
-    format!(
-        "global\n  maxconn 9900\n  ulimit-n 20000\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 2h\n  timeout server 2h\n\
-         frontend devices\n  bind {listen}{tls}\n  default_backend pods\n\
-         backend pods\n  balance leastconn\n{servers}"
-    )
-}
-
 /// Starts HAProxy (`haproxy` on the PATH; Debian's package) and waits until it listens.
 pub async fn start(
     mode: Balancer,
@@ -52,7 +29,6 @@ pub async fn start(
     ca: Option<&dp_testkit::tls::TestCa>,
     logs: &Path,
 ) -> Result<Node> {
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let pem = logs.join("haproxy.pem");
     if mode == Balancer::Tls {
         let ca = ca.context("--balancer tls needs --tls (HAProxy ends the devices' TLS)")?;
@@ -60,25 +36,12 @@ pub async fn start(
         combined.extend(std::fs::read(ca.key_path())?);
         std::fs::write(&pem, combined)?;
     }
-    let file = logs.join("haproxy.cfg");
-    std::fs::write(&file, config(mode, listen, frontends, &pem))?;
-    let log = std::fs::File::create(logs.join("haproxy.log"))?;
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&file)
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting haproxy (apt-get install haproxy)")?;
-    let node = Node::process("haproxy", listen, child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("haproxy did not listen within 20 s; see its log");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(node)
+    let plan = haproxy::Plan {
+        mode: haproxy::Mode::Tcp,
+        tls: (mode == Balancer::Tls).then_some(pem.as_path()),
+        frontends,
+        maxconn: 9900,
+    };
+    let started = haproxy::start(&plan, logs).await?;
+    Ok(Node::process("haproxy", started.addr, started.child))
 }

@@ -104,6 +104,12 @@ pub struct FrontendArgs {
     /// user timeout): a Status 2 lost that way, on a handover, is reported again.
     #[arg(long, env = "DELIVERY_TIMEOUT_SECS", default_value_t = 30)]
     pub delivery_timeout_secs: u64,
+    /// A reset of a connection soon after its Status 2 means the device did not read it, and
+    /// its folders are news again (standalone mode). "false" behind a balancer that ends HTTP
+    /// and resets the pod's side whenever it closes it, read or not (HAProxy in `mode http`):
+    /// there every such reset is noise, and each would repeat a Status 2.
+    #[arg(long, env = "DELIVERY_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub delivery_check: bool,
     /// Seconds a request head and body may take to arrive once started.
     #[arg(long, env = "HEADER_TIMEOUT_SECS", default_value_t = 30)]
     pub header_timeout_secs: u64,
@@ -203,6 +209,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub write_timeout: Duration,
     pub delivery_timeout: Duration,
+    /// DELIVERY_CHECK: a reset soon after a Status 2 reopens its folders.
+    pub delivery_check: bool,
     pub auth_cache_size: usize,
     pub auth_cache_ttl: Duration,
     pub auth_failures_per_source: u32,
@@ -406,6 +414,7 @@ impl FrontendArgs {
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             write_timeout: Duration::from_secs(self.write_timeout_secs),
             delivery_timeout: Duration::from_secs(self.delivery_timeout_secs),
+            delivery_check: self.delivery_check,
             auth_cache_size: self.auth_cache_size,
             auth_failures_per_source: self.auth_failures_per_source,
             auth_failures_per_account: self.auth_failures_per_account,

@@ -211,6 +211,11 @@ impl Device {
     /// Talks to another pod from now on (as after a DNS or load-balancer change).
     pub fn move_to(&mut self, addr: SocketAddr) {
         self.addr = addr;
+        self.hang_up();
+    }
+
+    /// Closes the connection, everything on it read: the next request opens another.
+    pub fn hang_up(&mut self) {
         self.stream = None;
         self.buf.clear();
     }

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod dovecot;
 pub mod env;
+pub mod haproxy;
 pub mod imap;
 pub mod namespace;
 pub mod processes;

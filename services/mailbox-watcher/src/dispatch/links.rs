@@ -35,8 +35,12 @@ use crate::metrics::LinkMetrics;
 pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
 /// Looking up, dialling and greeting a frontend may take this long.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
-/// After a link fails, its pod's wakes go over NATS for this long before it is tried again.
+/// After a link fails, its pod's wakes go over NATS for this long before it is tried again;
+/// after each further failure to open one, twice as long, up to [`MAX_REST`].
 const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// A dead pod's address stays announced for up to a minute (its expiry): trying it more often
+/// than this by then only fills the log.
+const MAX_REST: Duration = Duration::from_secs(60);
 /// A pod that announced no wake port is looked up again after this.
 const REST_WITHOUT_PORT: Duration = Duration::from_secs(10);
 
@@ -49,8 +53,19 @@ pub struct Outgoing {
 
 enum Slot {
     Opening,
-    Resting(Instant),
+    /// `failures`: attempts to open a link to the pod that failed in a row.
+    Resting {
+        until: Instant,
+        failures: u32,
+    },
     Open(Arc<Link>),
+}
+
+/// How long a pod's wakes go over NATS after `failures` attempts in a row failed to open a link.
+fn rest_after(failures: u32) -> Duration {
+    REST_AFTER_FAILURE
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_REST)
 }
 
 struct Link {
@@ -121,13 +136,17 @@ impl Links {
                 Ok(())
             }
             Some(Slot::Opening) => Err(wake),
-            Some(Slot::Resting(until)) if Instant::now() < *until => Err(wake),
-            _ => {
+            Some(Slot::Resting { until, .. }) if Instant::now() < *until => Err(wake),
+            slot => {
+                let failures = match slot {
+                    Some(Slot::Resting { failures, .. }) => *failures,
+                    _ => 0,
+                };
                 let Some(redis) = self.redis.get().cloned() else {
                     return Err(wake);
                 };
                 slots.insert(pod.to_owned(), Slot::Opening);
-                tokio::spawn(self.clone().open(pod.to_owned(), redis));
+                tokio::spawn(self.clone().open(pod.to_owned(), redis, failures));
                 Err(wake)
             }
         }
@@ -147,20 +166,28 @@ impl Links {
         }
     }
 
-    async fn open(self: Arc<Self>, pod: String, mut redis: Redis) {
+    /// `failures`: the attempts before this one that failed in a row.
+    async fn open(self: Arc<Self>, pod: String, mut redis: Redis, failures: u32) {
         let opened = tokio::time::timeout(OPEN_TIMEOUT, self.dial(&pod, &mut redis)).await;
-        let (stream, addr) = match opened {
-            Ok(Ok(Some(opened))) => opened,
-            Ok(Ok(None)) => return self.rest(&pod, None, REST_WITHOUT_PORT),
-            Ok(Err(err)) => {
-                tracing::warn!(%pod, error = %format!("{err:#}"), "no direct wake link to a frontend; its wakes go over NATS");
-                return self.rest(&pod, None, REST_AFTER_FAILURE);
-            }
-            Err(_) => {
-                tracing::warn!(%pod, "opening a direct wake link timed out; its wakes go over NATS");
-                return self.rest(&pod, None, REST_AFTER_FAILURE);
-            }
+        let failure = match opened {
+            Ok(Ok(Some(opened))) => return self.opened(pod, opened).await,
+            Ok(Ok(None)) => return self.rest(&pod, None, REST_WITHOUT_PORT, failures),
+            Ok(Err(err)) => format!("{err:#}"),
+            Err(_) => "timed out".to_owned(),
         };
+        let failures = failures.saturating_add(1);
+        let rest = rest_after(failures);
+        // A pod that died leaves its address announced for up to MAX_REST: said once, then
+        // each retry only at debug level.
+        if failures == 1 {
+            tracing::warn!(%pod, error = %failure, retry_in_secs = rest.as_secs(), "no direct wake link to a frontend; its wakes go over NATS");
+        } else {
+            tracing::debug!(%pod, error = %failure, failures, retry_in_secs = rest.as_secs(), "still no direct wake link to a frontend");
+        }
+        self.rest(&pod, None, rest, failures);
+    }
+
+    async fn opened(self: Arc<Self>, pod: String, (stream, addr): (TcpStream, String)) {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             tx,
@@ -177,7 +204,7 @@ impl Links {
         let ended = self.carry(&link, rx, write, acked).await;
         self.metrics.open.dec();
         tracing::info!(%pod, %addr, reason = ended, "direct wake link closed; its wakes go over NATS");
-        self.rest(&pod, Some(&link), REST_AFTER_FAILURE);
+        self.rest(&pod, Some(&link), REST_AFTER_FAILURE, 0);
     }
 
     /// Finds `pod`'s announced address and greets it; `None` when it announced none.
@@ -282,9 +309,9 @@ impl Links {
         }
     }
 
-    /// Marks `pod` as resting for `rest` (unless a newer link took its slot), and forgets
-    /// `link` once its wakes are settled.
-    fn rest(&self, pod: &str, link: Option<&Arc<Link>>, rest: Duration) {
+    /// Marks `pod` as resting for `rest` after `failures` failed attempts in a row (unless a
+    /// newer link took its slot), and forgets `link` once its wakes are settled.
+    fn rest(&self, pod: &str, link: Option<&Arc<Link>>, rest: Duration, failures: u32) {
         let mut slots = lock(&self.slots);
         let ours = match (slots.get(pod), link) {
             (Some(Slot::Open(open)), Some(link)) => Arc::ptr_eq(open, link),
@@ -292,10 +319,14 @@ impl Links {
             _ => false,
         };
         let now = Instant::now();
-        // Pods come and go under new names: forget those whose rest is over.
-        slots.retain(|_, slot| !matches!(slot, Slot::Resting(until) if *until <= now));
+        // Pods come and go under new names: forget those whose rest is long over (a pod still
+        // in use keeps its count of failures until it is tried again).
+        slots.retain(
+            |_, slot| !matches!(slot, Slot::Resting { until, .. } if *until + MAX_REST <= now),
+        );
         if ours {
-            slots.insert(pod.to_owned(), Slot::Resting(now + rest));
+            let until = now + rest;
+            slots.insert(pod.to_owned(), Slot::Resting { until, failures });
         }
         drop(slots);
         if let Some(link) = link {
@@ -348,4 +379,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_that_keeps_failing_is_tried_less_often_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|f| rest_after(f).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(rest_after(u32::MAX), MAX_REST);
+    }
 }

@@ -164,13 +164,18 @@ async fn answer<S: Transport>(
     }
     answered.released = acknowledge(shared, context, finished).await;
     answered.unconfirmed = match shared.mode() {
-        dp_keyspace::Mode::Standalone => Some(Box::new(Unconfirmed {
-            mailbox: context.mailbox.clone(),
-            device_id: context.device_id.clone(),
-            key: context.key.clone(),
-            versions: finished.reported.clone(),
-            written: Instant::now(),
-        })),
+        dp_keyspace::Mode::Standalone if shared.config.delivery_check => {
+            Some(Box::new(Unconfirmed {
+                mailbox: context.mailbox.clone(),
+                device_id: context.device_id.clone(),
+                key: context.key.clone(),
+                versions: finished.reported.clone(),
+                written: Instant::now(),
+            }))
+        }
+        // Behind a balancer whose resets say nothing (DELIVERY_CHECK=false): what was written
+        // stands, as it would if nobody could tell.
+        dp_keyspace::Mode::Standalone => None,
         // The device's Sync acknowledges: a lost answer is simply repeated.
         dp_keyspace::Mode::Proxy => None,
     };
