@@ -149,6 +149,24 @@ t=$(date +%s%N)
 wait "$curl_pid" || fail "curl failed"
 step "Status 2 read $(( ($(date +%s%N) - t) / 1000000 )) ms after dpctl change was started"
 [ "$(status_of "$answer")" = 2 ] || fail "expected Status 2: $(decode "$answer")"
+# curl read the answer and closed: HAProxy (mode tcp) must pass that on as a close, not a
+# reset, or the frontend takes the answer for lost and the device hears it again.
+container_ip() { $DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+pod_metric() { # pod series
+  local c
+  for c in $($DOCKER ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
+    [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$1" ] || continue
+    curl -s --max-time 5 "http://$(container_ip "$c"):9090/metrics" | sed -n "s/^$2 \([0-9.e+]*\)$/\1/p"
+  done
+}
+deadline=$(( $(date +%s) + 30 ))
+until [ "$(pod_metric "$pod" dp_frontend_connections)" = 0 ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "$pod still holds the device's connection 30 s after curl closed it"
+  sleep 0.5
+done
+undelivered=$(pod_metric "$pod" dp_frontend_answers_undelivered_total)
+[ "$undelivered" = 0 ] || fail "$pod took the Status 2 curl read for lost (dp_frontend_answers_undelivered_total ${undelivered:-absent})"
+step "the answer curl read counts as delivered on $pod"
 
 step "the frontend holding the device dies; the device parks on the other"
 answer=$LOGS/answer-2.wbxml
@@ -175,8 +193,8 @@ step "parked again on $other after $pod died, and woken there"
 
 # The watcher opened a direct wake link to $other with that wake (WAKE_LISTEN_ADDR): the next
 # one takes it, not the NATS server.
-# HAProxy may still send a Ping to the killed frontend until its check fails, and a Status 2
-# HAProxy's side reset is news again (ARCHITECTURE.md, handovers): Ping until one parks.
+# HAProxy may still send a Ping to the killed frontend until its check fails: Ping until one
+# parks.
 answer=$LOGS/answer-3.wbxml
 parked_or_ended() { # curl pid: 0 once the device has a parked Ping, 1 if the Ping ended first
   local deadline=$(( $(date +%s) + 30 ))
@@ -198,8 +216,7 @@ done
 "${COMPOSE[@]}" exec -T watcher dpctl change demo@example.com 5 >/dev/null || fail "dpctl change failed"
 wait "$curl_pid" || fail "curl failed"
 [ "$(status_of "$answer")" = 2 ] || fail "expected Status 2: $(decode "$answer")"
-watcher_ip=$($DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' \
-  "$("${COMPOSE[@]}" ps -q watcher)")
+watcher_ip=$(container_ip "$("${COMPOSE[@]}" ps -q watcher)")
 link_wakes=$(curl -s --max-time 5 "http://$watcher_ip:9091/metrics" \
   | sed -n 's/^dp_watcher_link_wakes_total \([0-9]*\).*/\1/p')
 [ "${link_wakes:-0}" -ge 1 ] || fail "no wake went over a direct link (dp_watcher_link_wakes_total ${link_wakes:-absent})"
