@@ -152,12 +152,18 @@ step "Status 2 read $(( ($(date +%s%N) - t) / 1000000 )) ms after dpctl change w
 # curl read the answer and closed: HAProxy (mode tcp) must pass that on as a close, not a
 # reset, or the frontend takes the answer for lost and the device hears it again.
 container_ip() { $DOCKER inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
-pod_metric() { # pod series
+container_of() { # pod: the running container whose host name it is
   local c
   for c in $($DOCKER ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
-    [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$1" ] || continue
-    curl -s --max-time 5 "http://$(container_ip "$c"):9090/metrics" | sed -n "s/^$2 \([0-9.e+]*\)$/\1/p"
+    [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$1" ] && echo "$c"
   done
+  return 0
+}
+pod_metric() { # pod series
+  local c
+  c=$(container_of "$1")
+  [ -n "$c" ] || return 0
+  curl -s --max-time 5 "http://$(container_ip "$c"):9090/metrics" | sed -n "s/^$2 \([0-9.e+]*\)$/\1/p" || true
 }
 deadline=$(( $(date +%s) + 30 ))
 until [ "$(pod_metric "$pod" dp_frontend_connections)" = 0 ]; do
@@ -172,10 +178,7 @@ step "the frontend holding the device dies; the device parks on the other"
 answer=$LOGS/answer-2.wbxml
 ping_once "$answer" & curl_pid=$!
 pod=$(wait_parked "") || fail "the second Ping did not park"
-victim=
-for c in $($DOCKER ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
-  if [ "$($DOCKER inspect -f '{{.Config.Hostname}}' "$c")" = "$pod" ]; then victim=$c; fi
-done
+victim=$(container_of "$pod")
 [ -n "$victim" ] || fail "no container is pod $pod"
 $DOCKER kill "$victim" >/dev/null
 wait "$curl_pid" || true # the connection is cut: a phone Pings again

@@ -29,16 +29,16 @@ pub async fn start(
     ca: Option<&dp_testkit::tls::TestCa>,
     logs: &Path,
 ) -> Result<Node> {
-    let pem = logs.join("haproxy.pem");
-    if mode == Balancer::Tls {
-        let ca = ca.context("--balancer tls needs --tls (HAProxy ends the devices' TLS)")?;
-        let mut combined = std::fs::read(ca.cert_path())?;
-        combined.extend(std::fs::read(ca.key_path())?);
-        std::fs::write(&pem, combined)?;
-    }
+    let pem = match mode {
+        Balancer::Tls => Some(
+            ca.context("--balancer tls needs --tls (HAProxy ends the devices' TLS)")?
+                .combined_pem()?,
+        ),
+        _ => None,
+    };
     let plan = haproxy::Plan {
         mode: haproxy::Mode::Tcp,
-        tls: (mode == Balancer::Tls).then_some(pem.as_path()),
+        tls: pem.as_deref(),
         frontends,
         maxconn: 9900,
     };

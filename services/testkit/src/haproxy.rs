@@ -4,7 +4,7 @@
 //! PROXY_PROTOCOL), and HAProxy picks the frontend with the fewest connections.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Relays each connection as it is (after TLS, if it ends TLS): a device's close reaches the
-    /// frontend as a close, its reset as a reset.
+    /// frontend as a close, its reset (nearly always) as a reset.
     Tcp,
     /// Ends HTTP: requests of one device connection may go to different frontends, over
     /// connections HAProxy keeps and closes on its own schedule.
@@ -61,7 +61,6 @@ pub struct Haproxy {
     /// Where devices connect.
     pub addr: SocketAddr,
     pub child: Child,
-    pub dir: PathBuf,
 }
 
 /// Starts HAProxy with its configuration and log in `dir`, and waits until it listens.
@@ -89,9 +88,5 @@ pub async fn start(plan: &Plan<'_>, dir: &Path) -> Result<Haproxy> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Haproxy {
-        addr,
-        child,
-        dir: dir.to_owned(),
-    })
+    Ok(Haproxy { addr, child })
 }

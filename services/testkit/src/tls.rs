@@ -63,6 +63,16 @@ impl TestCa {
         self.dir.join("key.pem")
     }
 
+    /// The last issued certificate and its key in one PEM file (`both.pem`), as HAProxy's
+    /// `crt` takes them.
+    pub fn combined_pem(&self) -> std::io::Result<PathBuf> {
+        let mut both = std::fs::read(self.cert_path())?;
+        both.extend(std::fs::read(self.key_path())?);
+        let path = self.dir.join("both.pem");
+        std::fs::write(&path, both)?;
+        Ok(path)
+    }
+
     /// A client that trusts this CA, offering ALPN http/1.1 and the given TLS versions.
     pub fn client(
         &self,

@@ -40,10 +40,7 @@ impl Cluster {
         let watcher = Watcher::start(&env, "w", &[]).await;
         let ca = dp_testkit::tls::TestCa::new();
         ca.issue(1);
-        let pem = ca.dir.join("haproxy.pem");
-        let mut combined = std::fs::read(ca.cert_path()).expect("certificate");
-        combined.extend(std::fs::read(ca.key_path()).expect("key"));
-        std::fs::write(&pem, combined).expect("writes the PEM");
+        let pem = ca.combined_pem().expect("writes the PEM");
         let plan = haproxy::Plan {
             mode,
             tls: Some(&pem),
